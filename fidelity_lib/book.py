@@ -1,0 +1,130 @@
+"""The book runner: sync the jupytext pairs, then run every notebook in number order with papermill.
+
+    python -m fidelity_lib.book [--profile smoke|paper] [--only NAME] [--out reports/]
+
+Executed notebooks go to ``<out>/notebooks/``; the notebooks themselves write tables and figures under ``<out>/``.
+The run stops at the first failing notebook, keeps the failed executed notebook and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+REPORTS_DIR = REPO_ROOT / "reports"
+KERNEL_NAME = "fidelity-book"
+NOTEBOOK_NAME = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; ``executed_path`` keeps the executed notebook with the traceback."""
+
+    def __init__(self, notebook: Path, executed_path: Path, cause: BaseException):
+        super().__init__(f"{notebook.name} failed: {cause}\nThe executed notebook is kept at {executed_path}")
+        self.executed_path = executed_path
+
+
+@dataclass
+class NotebookRun:
+    notebook: Path
+    executed_path: Path
+    seconds: float
+
+
+def book_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR, only: str | None = None) -> list[Path]:
+    """The numbered notebooks in run order; ``only`` keeps those whose name contains it."""
+    notebooks = sorted(path for path in notebooks_dir.glob("*.ipynb") if NOTEBOOK_NAME.match(path.name))
+    if only is not None:
+        notebooks = [path for path in notebooks if only in path.stem]
+        if not notebooks:
+            raise SystemExit(f"--only {only!r} matches no notebook in {notebooks_dir}")
+    return notebooks
+
+
+def sync_pairs(notebooks_dir: Path) -> None:
+    """Bring each numbered notebook and its py:percent twin in line (the newer side wins), as jupytext --sync does.
+
+    A chapter that exists only as a .py file gets its .ipynb created.
+    """
+    import jupytext.cli
+
+    for script in sorted(notebooks_dir.glob("[0-9][0-9]_*.py")):
+        if not script.with_suffix(".ipynb").exists():
+            jupytext.cli.jupytext(["--quiet", "--set-formats", "ipynb,py:percent", "--set-kernel", kernel_name(), str(script)])
+    notebooks = [str(path) for path in book_notebooks(notebooks_dir)]
+    if notebooks:
+        jupytext.cli.jupytext(["--sync", "--quiet", *notebooks])
+
+
+def kernel_name() -> str:
+    """The kernel ``make`` registers, or this interpreter's own when it is not registered."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def run_notebook(notebook: Path, executed_path: Path, parameters: dict) -> NotebookRun:
+    import papermill
+
+    executed_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed_path),
+            parameters=parameters,
+            kernel_name=kernel_name(),
+            language="python",
+            cwd=str(notebook.parent),
+            progress_bar=False,
+        )
+    except Exception as error:  # papermill raises PapermillExecutionError and writes the failed notebook
+        raise NotebookFailed(notebook, executed_path, error) from error
+    return NotebookRun(notebook, executed_path, time.perf_counter() - start)
+
+
+def run_book(
+    profile: str = "smoke",
+    out: Path = REPORTS_DIR,
+    only: str | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    extra_parameters: dict | None = None,
+) -> list[NotebookRun]:
+    """Run the book's notebooks in order; raise NotebookFailed at the first failure."""
+    out = Path(out).resolve()
+    sync_pairs(notebooks_dir)
+    parameters = {"profile": profile, "reports_dir": str(out), **(extra_parameters or {})}
+    runs = []
+    for notebook in book_notebooks(notebooks_dir, only):
+        print(f"[book] {notebook.name} (profile={profile}) ...", flush=True)
+        run = run_notebook(notebook, out / "notebooks" / notebook.name, parameters)
+        print(f"[book] {notebook.name} done in {run.seconds:.0f} s -> {run.executed_path}", flush=True)
+        runs.append(run)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="smoke", choices=["smoke", "tiny", "toy", "paper"])
+    parser.add_argument("--only", help="run only the notebooks whose name contains this")
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR, help="where reports go (default: reports/)")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        runs = run_book(args.profile, args.out, args.only, args.notebooks)
+    except NotebookFailed as failure:
+        print(f"[book] FAILED: {failure}", file=sys.stderr)
+        return 1
+    print(f"[book] {len(runs)} notebooks in {time.perf_counter() - start:.0f} s; reports in {Path(args.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from fidelity_lib.book import NOTEBOOKS_DIR, NotebookFailed, book_notebooks, run_book
+
+FIRST = """# %% tags=["parameters"]
+profile = "none"
+reports_dir = "."
+
+# %%
+from pathlib import Path
+Path(reports_dir, "order.txt").open("a").write(f"first {profile}\\n")
+"""
+SECOND = """# %% tags=["parameters"]
+profile = "none"
+reports_dir = "."
+fail = False
+
+# %%
+from pathlib import Path
+Path(reports_dir, "order.txt").open("a").write(f"second {profile}\\n")
+assert not fail, "asked to fail"
+"""
+
+
+def write_pair(folder: Path, name: str, source: str) -> None:
+    (folder / f"{name}.py").write_text(source)
+    notebook = jupytext.reads(source, fmt="py:percent")
+    notebook.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
+    jupytext.write(notebook, folder / f"{name}.ipynb")
+
+
+@pytest.fixture
+def fixture_book(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_pair(notebooks, "10_second", SECOND)
+    write_pair(notebooks, "01_first", FIRST)
+    (notebooks / "scratch.ipynb").write_text("not a book notebook")
+    return notebooks
+
+
+def test_runs_notebooks_in_number_order_with_parameters(fixture_book, tmp_path):
+    out = tmp_path / "reports"
+    runs = run_book("tiny", out=out, notebooks_dir=fixture_book)
+    assert [run.notebook.name for run in runs] == ["01_first.ipynb", "10_second.ipynb"]
+    assert (out / "order.txt").read_text() == "first tiny\nsecond tiny\n"
+    assert all(run.executed_path.exists() for run in runs)
+
+
+def test_failing_cell_stops_the_book_and_keeps_the_notebook(fixture_book, tmp_path):
+    out = tmp_path / "reports"
+    third = SECOND.replace("second", "third")
+    write_pair(fixture_book, "20_third", third)
+    with pytest.raises(NotebookFailed) as failure:
+        run_book("tiny", out=out, notebooks_dir=fixture_book, extra_parameters={"fail": True})
+    kept = failure.value.executed_path
+    assert kept.name == "10_second.ipynb" and kept.exists()
+    assert "asked to fail" in json.dumps(nbformat.read(kept, as_version=4).cells[-1].get("outputs", []))
+    assert (out / "order.txt").read_text() == "first tiny\nsecond tiny\n"  # the third never ran
+
+
+def test_cli_exits_nonzero_and_prints_the_kept_path(fixture_book, tmp_path):
+    (fixture_book / "10_second.py").write_text(SECOND.replace("fail = False", "fail = True"))
+    (fixture_book / "10_second.ipynb").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "fidelity_lib.book", "--notebooks", str(fixture_book), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert str(tmp_path / "r" / "notebooks" / "10_second.ipynb") in result.stderr
+
+
+def test_every_book_notebook_has_parameters_cell_profile_and_a_synced_pair():
+    notebooks = book_notebooks()
+    assert notebooks, "the book has no notebooks"
+    for path in notebooks:
+        notebook = nbformat.read(path, as_version=4)
+        parameter_cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(parameter_cells) == 1, path.name
+        assert "profile" in parameter_cells[0].source and "reports_dir" in parameter_cells[0].source, path.name
+        assert notebook.metadata["kernelspec"]["name"] == "fidelity-book", path.name
+        twin = jupytext.read(path.with_suffix(".py"))
+        assert [c.source for c in twin.cells] == [c.source for c in notebook.cells], f"{path.name} and its .py differ"
+
+
+@pytest.mark.slow
+def test_smoke_book(tmp_path):
+    """The whole book in the smoke profile: every notebook must run."""
+    runs = run_book("smoke", out=tmp_path / "reports", notebooks_dir=NOTEBOOKS_DIR)
+    assert len(runs) == len(book_notebooks())
