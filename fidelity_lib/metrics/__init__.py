@@ -1,0 +1,1 @@
+"""Evaluation metrics over a folder of generated images laid out as ``<out>/<method>/<prompt>/<seed>.png``."""
