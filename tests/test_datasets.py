@@ -1,0 +1,57 @@
+import pytest
+
+from fidelity_lib.datasets import (
+    SET_NAMES, Relation, UnknownPromptSetError, find_record, load_prompt_set, load_prompts, prompt_folder_name,
+)
+from fidelity_lib.models import clip_tokenizer
+
+# Counts from the original evaluation scripts (spatial_temporal.md sections 3-4, attend_and_excite.md section 4).
+EXPECTED = {  # set: (prompts, objects, relations)
+    "ae_animal_animal": (66, 132, 0), "ae_animal_object": (144, 288, 0), "ae_object_object": (66, 132, 0),
+    "gpt": (500, 1600, 950), "mscoco": (500, 809, 0), "vsr": (500, 1000, 500),
+}
+
+
+@pytest.mark.parametrize("name", SET_NAMES)
+def test_set_sizes_match_the_original_scripts(name):
+    records = load_prompt_set(name)
+    counts = (len(records), sum(len(r.objects) for r in records), sum(len(r.relations) for r in records))
+    assert counts == EXPECTED[name]
+
+
+def test_ae_token_indices_point_at_the_subject_nouns():
+    tokenizer = clip_tokenizer()
+    for name in ("ae_animal_animal", "ae_animal_object", "ae_object_object"):
+        for record in load_prompt_set(name):
+            ids = tokenizer(record.prompt).input_ids
+            words = [tokenizer.decode([ids[i]]).strip() for i in record.subject_token_indices]
+            assert tuple(words) == record.objects and ids[record.eot_index] == 49407
+
+
+def test_gpt_relations_and_phrases():
+    first = load_prompt_set("gpt")[0]
+    assert first.phrases == ("white couch", "silver bed")
+    assert first.relations == (Relation("couch", "left of", "bed"),)
+    assert load_prompt_set("ae_object_object")[0].phrases == ("pink crown", "purple bow")
+
+
+def test_folder_names_are_safe_unique_and_invertible():
+    for name in SET_NAMES:
+        records = load_prompt_set(name)
+        folders = [prompt_folder_name(r.prompt) for r in records]
+        assert all("/" not in f and len(f.encode()) < 200 for f in folders)
+        assert len(set(folders)) == len({r.prompt for r in records})
+    record = load_prompt_set("gpt")[7]
+    assert find_record("gpt", prompt_folder_name(record.prompt)) == record
+
+
+def test_bad_sources_say_what_to_do(tmp_path):
+    with pytest.raises(UnknownPromptSetError, match="choose one of"):
+        load_prompt_set("coco")
+    with pytest.raises(UnknownPromptSetError, match="neither a prompt set"):
+        load_prompts(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("\n# only a comment\n")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        load_prompts(tmp_path / "empty.txt")
+    (tmp_path / "mine.txt").write_text("a cat and a dog\n\na red ball\n")
+    assert [r.prompt for r in load_prompts(tmp_path / "mine.txt")] == ["a cat and a dog", "a red ball"]
