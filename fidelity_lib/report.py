@@ -1,0 +1,154 @@
+"""Tables and figures with provenance, and the report that assembles them.
+
+Every table or figure a chapter writes goes through ``save_table`` / ``save_figure``: beside the CSV/Markdown/PNG they
+write ``<name>.provenance.json`` (profile, weights, seeds, detector, date, git commit). ``build_report`` refuses to
+show an artefact without one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PAPER_TABLES = REPO_ROOT / "data" / "paper_tables.csv"
+PAPER_TABLE_COLUMNS = ["paper", "table", "dataset", "method", "metric", "value", "source"]
+
+
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when the tree has uncommitted changes; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+@dataclass
+class Provenance:
+    """Which run made an artefact."""
+
+    profile: str
+    weights: str
+    seeds: str = "n/a"
+    detector: str = "n/a"
+    notes: str = ""
+    date: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    commit: str = field(default_factory=git_commit)
+
+    def line(self) -> str:
+        """One human-readable line, the caption every table and figure carries."""
+        smoke = "" if self.profile == "paper" else " (smoke profile: not Stable Diffusion results)"
+        parts = [f"profile {self.profile}{smoke}", f"weights {self.weights}", f"seeds {self.seeds}", f"detector {self.detector}",
+                 f"{self.date}", f"commit {self.commit}"]
+        return "Provenance: " + "; ".join(parts) + (f". {self.notes}" if self.notes else "")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_provenance(path: Path, provenance: Provenance, title: str) -> None:
+    record = {"title": title, **asdict(provenance), "line": provenance.line()}
+    atomic_write_bytes(path.with_name(path.stem + ".provenance.json"), json.dumps(record, indent=2).encode())
+
+
+def save_table(table: pd.DataFrame, name: str, provenance: Provenance, reports_dir: str | Path, title: str = "") -> Path:
+    """Write ``tables/<name>.csv`` and ``.md`` (with the provenance line) and the provenance record."""
+    csv_path = Path(reports_dir) / "tables" / f"{name}.csv"
+    atomic_write_bytes(csv_path, table.to_csv(index=False).encode())
+    markdown = (f"### {title}\n\n" if title else "") + table.to_markdown(index=False, floatfmt=".4f") + f"\n\n{provenance.line()}\n"
+    atomic_write_bytes(csv_path.with_suffix(".md"), markdown.encode())
+    _write_provenance(csv_path, provenance, title or name)
+    return csv_path
+
+
+def save_figure(figure, name: str, provenance: Provenance, reports_dir: str | Path, title: str = "") -> Path:
+    """Write ``figures/<name>.png`` with the provenance line printed under the plot, and the provenance record."""
+    import io
+
+    path = Path(reports_dir) / "figures" / f"{name}.png"
+    figure.text(0.01, 0.002, provenance.line(), fontsize=6, ha="left", va="bottom", wrap=True, color="0.35")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    _write_provenance(path, provenance, title or name)
+    return path
+
+
+class MissingProvenanceError(ValueError):
+    pass
+
+
+def read_provenance(artefact: Path) -> dict:
+    """The provenance record of a table or figure; refuse artefacts without one."""
+    record_path = artefact.with_name(artefact.stem + ".provenance.json")
+    if not record_path.is_file():
+        raise MissingProvenanceError(f"{artefact} has no provenance record ({record_path.name}): re-run the chapter that writes it.")
+    record = json.loads(record_path.read_text())
+    for key in ("profile", "weights", "commit", "date"):
+        if not record.get(key):
+            raise MissingProvenanceError(f"{record_path} lacks '{key}': re-run the chapter that writes it.")
+    return record
+
+
+def paper_numbers(dataset: str) -> pd.DataFrame:
+    """The papers' published numbers for a dataset, from data/paper_tables.csv (empty when none are transcribed)."""
+    if not PAPER_TABLES.is_file():
+        return pd.DataFrame(columns=PAPER_TABLE_COLUMNS)
+    table = pd.read_csv(PAPER_TABLES)
+    return table[table["dataset"] == dataset]
+
+
+def build_report(reports_dir: str | Path) -> tuple[str, list[str]]:
+    """Markdown for reports/README.md from every table and figure with provenance; also the refused artefacts."""
+    reports_dir = Path(reports_dir)
+    sections = ["# fidelity-book report", "",
+                "Every table and figure below was measured by the book's code; the provenance line says which profile and "
+                "weights made it. Smoke-profile numbers come from random or toy-world weights and are **not** paper results.", ""]
+    refused = []
+    tables = sorted((reports_dir / "tables").glob("*.csv"))
+    if tables:
+        sections += ["## Tables", ""]
+    for table_path in tables:
+        try:
+            record = read_provenance(table_path)
+        except MissingProvenanceError as error:
+            refused.append(str(error))
+            continue
+        table = pd.read_csv(table_path)
+        sections += [f"### {record['title']}", "", table.to_markdown(index=False, floatfmt=".4f"), "", record["line"], ""]
+        published = paper_numbers(table_path.stem)
+        sections += ["Published numbers: " + ("not transcribed." if published.empty else ""), ""]
+        if not published.empty:
+            sections += [published.to_markdown(index=False), ""]
+    figures = sorted((reports_dir / "figures").glob("*.png"))
+    if figures:
+        sections += ["## Figures", ""]
+    for figure_path in figures:
+        try:
+            record = read_provenance(figure_path)
+        except MissingProvenanceError as error:
+            refused.append(str(error))
+            continue
+        sections += [f"### {record['title']}", "", f"![{record['title']}](figures/{figure_path.name})", "", record["line"], ""]
+    if refused:
+        sections += ["## Not shown (no provenance)", "", *[f"- {reason}" for reason in refused], ""]
+    return "\n".join(sections), refused
