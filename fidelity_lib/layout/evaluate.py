@@ -1,0 +1,102 @@
+"""Predictor evaluation (centre error, relation agreement), dataset layout files and layout figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from fidelity_lib.datasets import load_prompt_set
+from fidelity_lib.layout.data import LayoutExample
+from fidelity_lib.layout.extraction import record_mentions
+from fidelity_lib.layout.model import RELATION_AXES
+from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
+
+LAYOUTS_DIR = Path(__file__).resolve().parents[2] / "data" / "layouts"
+
+
+def relation_holds(subject: tuple[float, float], obj: tuple[float, float], relation: str) -> bool:
+    """Whether centres satisfy the relation: left of = smaller x, above = smaller y (y downward)."""
+    axis, sign = RELATION_AXES[relation]
+    return sign * (obj[axis] - subject[axis]) > 0
+
+
+def evaluate_predictor(predictor: LayoutPredictor, coco_examples: list[LayoutExample], gpt_examples: list[LayoutExample]) -> pd.DataFrame:
+    """Mean centre error on held-out captions and relation agreement on GPT labels, each next to a trivial baseline."""
+    errors, baseline_errors = [], []
+    for example, centres in zip(coco_examples, predictor.predict_examples(coco_examples)):
+        for predicted, truth in zip(centres, example.centres):
+            if predicted is not None:
+                errors.append(math.dist(predicted, truth))
+                baseline_errors.append(math.dist((0.5, 0.5), truth))
+    agreements = []
+    for example, centres in zip(gpt_examples, predictor.predict_examples(gpt_examples)):
+        for subject, obj, relation in example.relations:
+            if centres[subject] is not None and centres[obj] is not None:
+                agreements.append(relation_holds(centres[subject], centres[obj], relation))
+    mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
+    return pd.DataFrame(
+        [
+            {"metric": "mean centre error (held-out captions)", "value": mean(errors), "baseline": mean(baseline_errors),
+             "baseline_is": "image centre (0.5, 0.5)", "n": len(errors)},
+            {"metric": "relation agreement (held-out GPT labels)", "value": mean(agreements), "baseline": 0.5,
+             "baseline_is": "chance", "n": len(agreements)},
+        ]
+    )
+
+
+def dataset_layouts(predictor: LayoutPredictor, set_name: str) -> dict[str, list[dict]]:
+    """Prompt -> [{name, phrase, x, y}] for a prompt set (duplicate prompts share one entry), from the set's own objects."""
+    layouts = {}
+    for record in load_prompt_set(set_name):
+        mentions = record_mentions(record)  # dataset prompts name COCO things and stuff
+        placements = predictor.predict_objects(record.prompt, mentions) if mentions else []
+        layouts[record.prompt] = [vars(p) for p in placements]
+    return layouts
+
+
+def write_layouts(predictor: LayoutPredictor, set_name: str, weights: str, folder: str | Path = LAYOUTS_DIR) -> Path:
+    """Write ``<folder>/<set_name>.json`` (atomic) with the profile and weights, so smoke layouts are never taken for paper ones."""
+    layouts = dataset_layouts(predictor, set_name)
+    content = {
+        "dataset": set_name,
+        "profile": predictor.config.profile,
+        "weights": weights,
+        "coordinates": "centre (x, y) as fractions of width and height, y downward",
+        "empty": sum(not objects for objects in layouts.values()),
+        "layouts": layouts,
+    }
+    path = Path(folder) / f"{set_name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(content, indent=1), encoding="utf-8")
+    os.replace(staging, path)
+    return path
+
+
+def load_layouts(set_name: str, folder: str | Path = LAYOUTS_DIR) -> tuple[str, dict[str, list[ObjectPlacement]]]:
+    """(profile, prompt -> placements) from a file written by ``write_layouts``."""
+    content = json.loads((Path(folder) / f"{set_name}.json").read_text(encoding="utf-8"))
+    return content["profile"], {prompt: [ObjectPlacement(**o) for o in objects] for prompt, objects in content["layouts"].items()}
+
+
+def draw_layouts(layouts: dict[str, list[ObjectPlacement]], note: str, radius: float = 0.2):
+    """One panel per sentence: each object's centre and its radius-0.2 disc (the region the ST method uses, 1.3)."""
+    import matplotlib.pyplot as plt
+    import textwrap
+
+    figure, axes = plt.subplots(1, len(layouts), figsize=(3.2 * len(layouts), 3.9), squeeze=False)
+    for axis, (sentence, placements) in zip(axes[0], layouts.items()):
+        for index, placement in enumerate(placements):
+            colour = f"C{index}"
+            axis.add_patch(plt.Circle((placement.x, placement.y), radius, color=colour, alpha=0.25))
+            axis.plot(placement.x, placement.y, "o", color=colour)
+            axis.annotate(placement.phrase, (placement.x, placement.y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axis.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])
+        axis.set_title(textwrap.fill(sentence, 38), fontsize=7)
+    figure.text(0.01, 0.01, note, fontsize=7)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    return figure

@@ -1,0 +1,129 @@
+"""LayoutPredictor: sentence -> one centre per object, deterministic by default; save/load as safetensors + JSON."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import RobertaTokenizerFast
+
+from fidelity_lib.layout.data import LayoutExample, encode_batch
+from fidelity_lib.layout.extraction import COCO_NAMES, ObjectMention, build_lexicon, extract_objects
+from fidelity_lib.layout.model import (
+    PAPER_ENCODER, LayoutConfig, LayoutModel, component_means, load_roberta_base, tiny_encoder_config, train_bpe_tokenizer,
+)
+
+CONFIG_FILE, WEIGHTS_FILE = "layout_config.json", "model.safetensors"
+
+
+class NoObjectWarning(UserWarning):
+    """The sentence names no known object: its layout is empty (generation falls back to plain SD)."""
+
+
+@dataclass(frozen=True)
+class ObjectPlacement:
+    """An object's predicted centre (x, y), fractions of width and height, y downward."""
+
+    name: str
+    phrase: str
+    x: float
+    y: float
+
+    def __post_init__(self):
+        for axis, value in (("x", self.x), ("y", self.y)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"ObjectPlacement {self.name!r}: {axis}={value} is outside [0, 1] (centres are fractions of the image).")
+
+
+class LayoutPredictor:
+    """A layout model with its tokenizer and object vocabulary."""
+
+    def __init__(self, model: LayoutModel, tokenizer: RobertaTokenizerFast):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.lexicon = build_lexicon(self.config.categories or COCO_NAMES)
+
+    @classmethod
+    def tiny(cls, texts: list[str], categories: tuple[str, ...] = (), seed: int = 0, profile: str = "smoke", hidden_size: int = 64) -> "LayoutPredictor":
+        """A tiny random-weight predictor whose BPE vocabulary is trained on ``texts`` (smoke profile, tests)."""
+        tokenizer = train_bpe_tokenizer([*texts, *categories, *COCO_NAMES])
+        config = LayoutConfig(encoder=tiny_encoder_config(len(tokenizer), hidden_size), categories=tuple(categories), profile=profile)
+        torch.manual_seed(seed)
+        return cls(LayoutModel(config), tokenizer)
+
+    @classmethod
+    def from_roberta(cls, source: str = PAPER_ENCODER, categories: tuple[str, ...] = (), seed: int = 0) -> "LayoutPredictor":
+        """The paper set-up: encoder and tokenizer from pretrained roberta-base (local files only), fresh heads."""
+        encoder, tokenizer = load_roberta_base(source)
+        config = LayoutConfig(encoder=encoder.config.to_dict(), categories=tuple(categories), profile="paper", weights=source)
+        torch.manual_seed(seed)
+        return cls(LayoutModel(config, encoder), tokenizer)
+
+    def objects(self, sentence: str) -> list[ObjectMention]:
+        """The sentence's objects found by the dependency-free extractor."""
+        return extract_objects(sentence, self.lexicon)
+
+    def predict(self, sentence: str, *, sample: bool = False, seed: int | None = None) -> list[ObjectPlacement]:
+        """One placement per object: the mean of the most likely component, or of a drawn one if ``sample`` (needs seed)."""
+        return self.predict_objects(sentence, self.objects(sentence), sample=sample, seed=seed)
+
+    def predict_objects(self, sentence: str, objects: list[ObjectMention], *, sample: bool = False, seed: int | None = None) -> list[ObjectPlacement]:
+        """Placements for given objects of the sentence (e.g. a dataset's own object list)."""
+        if sample and seed is None:
+            raise ValueError("sample=True needs a seed, so that the layout can be reproduced.")
+        if not objects:
+            warnings.warn(f"No known object in {sentence!r}: empty layout.", NoObjectWarning, stacklevel=2)
+            return []
+        params, positions = self.token_parameters([sentence], [tuple(objects)])
+        generator = torch.Generator().manual_seed(seed) if sample else None
+        kept = [(mention, p) for mention, p in zip(objects, positions[0]) if p is not None]
+        rows = torch.tensor([p for _, p in kept], dtype=torch.long)
+        centres = component_means({k: v[0, rows] for k, v in params.items()}, sample, generator).tolist()
+        return [ObjectPlacement(m.name, m.phrase, float(x), float(y)) for (m, _), (x, y) in zip(kept, centres)]
+
+    @torch.no_grad()
+    def token_parameters(self, sentences: list[str], objects: list[tuple[ObjectMention, ...]]) -> tuple[dict, list]:
+        """Mixture parameters of every token in eval mode (no dropout), and each object's token index."""
+        self.model.eval()
+        batch = encode_batch(self.tokenizer, sentences, objects, self.config.max_length)
+        return self.model(batch.input_ids, batch.attention_mask, batch.object_mask), batch.positions
+
+    def predict_examples(self, examples: list[LayoutExample], batch_size: int = 64) -> list[list[tuple[float, float] | None]]:
+        """Deterministic centres for every object of every example (None where an object was truncated away)."""
+        out = []
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            params, positions = self.token_parameters([e.sentence for e in chunk], [e.objects for e in chunk])
+            for row, row_positions in enumerate(positions):
+                centres = []
+                for p in row_positions:
+                    centre = None if p is None else component_means({k: v[row, p][None] for k, v in params.items()})[0].tolist()
+                    centres.append(centre)
+                out.append(centres)
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Write model.safetensors, layout_config.json and the tokenizer files into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, folder / WEIGHTS_FILE)
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=1), encoding="utf-8")
+        self.tokenizer.save_pretrained(folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "LayoutPredictor":
+        """A predictor written by ``save`` (needs no cache or download)."""
+        folder = Path(folder)
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"No layout predictor in {folder}: expected {WEIGHTS_FILE} and {CONFIG_FILE}.")
+        config = LayoutConfig.from_json(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
+        model = LayoutModel(config)
+        model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        return cls(model, RobertaTokenizerFast.from_pretrained(folder, local_files_only=True))
