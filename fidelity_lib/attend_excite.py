@@ -1,0 +1,376 @@
+"""Attend-and-Excite (Chefer et al., SIGGRAPH 2023) on a diffusers Stable Diffusion pipeline.
+
+The loop follows the official code (``yuval-alaluf/Attend-and-Excite``, see ``specs/attend_and_excite.md``) step by
+step, with two savings that do not change the image: no grad-enabled forward once no step can change the latent,
+and no unused forwards in the iterative refinement (each latent goes through the UNet once). The A&E forward also
+stops right after the last cross-attention layer it reads, since nothing after it reaches the loss.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+
+from fidelity_lib.attention import (
+    AttentionStore,
+    ForwardComplete,
+    CrossAttentionLayer,
+    attention_hook,
+    cross_attention_layers,
+    layers_at_resolution,
+    mean_attention,
+)
+
+
+@dataclass(frozen=True)
+class AttendExciteConfig:
+    """The paper's settings; each default names where the official code sets it."""
+
+    max_iter_to_alter: int = 25  # config.py RunConfig.max_iter_to_alter: update the latent while step index i < 25
+    thresholds: dict[int, float] = field(
+        default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8}
+    )  # config.py RunConfig.thresholds: refinement checkpoints, step index -> required min of max attention
+    scale_factor: float = 20.0  # config.py RunConfig.scale_factor: base step size alpha
+    scale_range: tuple[float, float] = (1.0, 0.5)  # config.py RunConfig.scale_range: alpha_i = 20 sqrt(linspace(1, .5))
+    smooth_attentions: bool = True  # config.py RunConfig.smooth_attentions
+    kernel_size: int = 3  # config.py RunConfig.kernel_size
+    sigma: float = 0.5  # config.py RunConfig.sigma (utils/gaussian_smoothing.py's formula: effective sigma sqrt(2)*0.5)
+    attention_res: int | tuple[int, int] = 16  # config.py RunConfig.attention_res: int = side at the UNet's default
+    # size (scaled with the image size, same UNet depth); (h, w) = exact grid at the requested size
+    max_refinement_steps: int = 20  # pipeline_attend_and_excite.py L277 (default argument of the refinement)
+    normalize_eot: bool | None = None  # run.py / pipeline L527 `sd_2_1` (False); None = auto: True for SD 2.x tokenizers
+
+    def step_sizes(self, num_timesteps: int) -> np.ndarray:
+        """alpha_i = scale_factor * sqrt(linspace(scale_range, num_timesteps)) (pipeline_attend_and_excite.py L500)."""
+        return self.scale_factor * np.sqrt(np.linspace(self.scale_range[0], self.scale_range[1], num_timesteps))
+
+
+@dataclass
+class AttendExciteResult:
+    """One image, what A&E saw per guided step, and how long it took."""
+
+    image: PIL.Image.Image
+    pixels: np.ndarray  # float32 [height, width, 3] in [0, 1], before 8-bit quantisation
+    token_indices: tuple[int, ...]
+    tokens: tuple[str, ...]
+    guided_steps: list[int]  # the step indices that ran the A&E forward
+    losses: list[float]  # loss at each guided step's first forward (before refinement and update)
+    max_attention: list[list[float]]  # per guided step, per subject token
+    refinement_iterations: dict[int, int]  # threshold step -> refinement iterations run there
+    seconds: float
+
+    def manifest_extras(self) -> dict:
+        """What generate.py writes to the manifest beside the common fields."""
+        return {
+            "token_indices": list(self.token_indices),
+            "tokens": list(self.tokens),
+            "losses": [round(loss, 6) for loss in self.losses],
+            "max_attention": [[round(value, 6) for value in values] for values in self.max_attention],
+            "refinement_iterations": {str(step): count for step, count in self.refinement_iterations.items()},
+        }
+
+
+class EmptyPromptError(ValueError):
+    """The prompt has no text."""
+
+
+class TokenIndexError(ValueError):
+    """A subject token index does not point at a word of the prompt."""
+
+
+def check_prompt(prompt: str) -> None:
+    """Raise EmptyPromptError for a prompt that is empty or only whitespace."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise EmptyPromptError(f"The prompt is empty ({prompt!r}): write what the image should show.")
+
+
+def eot_index(tokenizer, prompt: str) -> int:
+    """Position of <|endoftext|> in the encoded prompt (the last real token is just before it)."""
+    return min(len(tokenizer(prompt).input_ids), tokenizer.model_max_length) - 1
+
+
+def prompt_tokens(tokenizer, prompt: str) -> list[str]:
+    """The tokens of the encoded prompt, <|startoftext|> and <|endoftext|> included."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def check_token_indices(tokenizer, prompt: str, token_indices) -> tuple[int, ...]:
+    """Raise TokenIndexError unless every index points at a real prompt token (not <sot>, <eot> or padding)."""
+    check_prompt(prompt)
+    indices = tuple(token_indices)
+    if not indices:
+        raise TokenIndexError(f"No subject token index given for {prompt!r}.")
+    end = eot_index(tokenizer, prompt)
+    listing = ", ".join(f"{i}={token}" for i, token in enumerate(prompt_tokens(tokenizer, prompt)))
+    for index in indices:
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TokenIndexError(f"Token index {index!r} is not an integer.")
+        if index < 0 or index >= tokenizer.model_max_length:
+            problem = f"is out of range (0..{tokenizer.model_max_length - 1})"
+        elif index == 0:
+            problem = "points at <|startoftext|>"
+        elif index == end:
+            problem = "points at <|endoftext|>"
+        elif index > end:
+            problem = "points at padding after the prompt"
+        else:
+            continue
+        raise TokenIndexError(f"Token index {index} {problem} for {prompt!r}; the prompt's tokens are: {listing}.")
+    return tuple(int(index) for index in indices)
+
+
+@lru_cache(maxsize=1)
+def _paper_token_indices() -> dict[str, tuple[int, ...]]:
+    from fidelity_lib.datasets import AE_SETS, load_prompt_set
+
+    return {record.prompt: record.subject_token_indices for name in AE_SETS for record in load_prompt_set(name)}
+
+
+NON_SUBJECT_WORDS = frozenset(
+    "a an the this that these those some two three many and or with without of on in at to into onto by for from "
+    "near next under over above below behind beside between left right top front back side is are its their his "
+    "her sitting standing holding lying wearing".split()
+)
+
+
+def subject_token_indices(tokenizer, prompt: str) -> tuple[int, ...]:
+    """The subjects to excite: the paper sets' published indices, else the head noun of each phrase (a heuristic).
+
+    A head noun is a word that ends a phrase: it is followed by a function word ("and", "with", "of", "on", ...)
+    or ends the prompt, and is not a function word itself. Its last BPE token is used.
+    """
+    check_prompt(prompt)
+    if prompt in _paper_token_indices():
+        return _paper_token_indices()[prompt]
+    tokens = prompt_tokens(tokenizer, prompt)[1:-1]
+    words: list[tuple[str, int]] = []  # (word, position of its last token)
+    current = ""
+    for position, token in enumerate(tokens, start=1):
+        current += token.removesuffix("</w>")
+        if token.endswith("</w>"):
+            words.append((current, position))
+            current = ""
+    words = [(word, position) for word, position in words if re.fullmatch(r"[\w'-]+", word)]
+    chosen = []
+    for k, (word, position) in enumerate(words):
+        following = words[k + 1][0] if k + 1 < len(words) else None
+        if word not in NON_SUBJECT_WORDS and (following is None or following in NON_SUBJECT_WORDS):
+            chosen.append(position)
+    if not chosen:
+        raise TokenIndexError(f"Found no subject word in {prompt!r}; pass token_indices explicitly.")
+    return tuple(chosen)
+
+
+def uses_sd2_tokenizer(tokenizer) -> bool:
+    """SD 2.x pads with "!" (id 0) instead of <|endoftext|>: the official code's sd_2_1 switch."""
+    return tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
+    """The official 2-D smoothing kernel: exp(-((x - mu) / (2 sigma))^2) per axis, normalised to sum 1."""
+    x = torch.arange(kernel_size, dtype=torch.float32)
+    factor = torch.exp(-(((x - (kernel_size - 1) / 2) / (2 * sigma)) ** 2))
+    kernel = torch.outer(factor, factor)
+    return kernel / kernel.sum()
+
+
+def subject_max_attention(
+    attention: torch.Tensor,
+    token_indices: tuple[int, ...],
+    end: int | None = None,
+    kernel: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per subject: the max over pixels of its smoothed map after a x100 softmax over the text tokens.
+
+    ``attention`` is [height, width, 77]. The text tokens are positions 1..75 (SD 1.x: <eot> and padding included),
+    or 1..end-1 when ``end`` (the <eot> position, SD 2.x normalisation) is given.
+    """
+    text = attention[:, :, 1 : end if end is not None else -1]
+    text = torch.softmax(text * 100, dim=-1)
+    maxima = []
+    for index in token_indices:
+        image = text[:, :, index - 1]
+        if kernel is not None:
+            pad = kernel.shape[-1] // 2  # the official code hard-codes 1, the same for its 3x3 kernel
+            image = F.pad(image[None, None], (pad, pad, pad, pad), mode="reflect")
+            image = F.conv2d(image, kernel[None, None].to(image))[0, 0]
+        maxima.append(image.max())
+    return torch.stack(maxima)
+
+
+def attend_excite_loss(max_attention: torch.Tensor) -> torch.Tensor:
+    """max over subjects of max(0, 1 - max attention): only the weakest subject drives the gradient."""
+    return torch.clamp(1.0 - max_attention, min=0.0).max()
+
+
+def attention_layers(pipe: StableDiffusionPipeline, height: int, width: int, attention_res) -> list[CrossAttentionLayer]:
+    """The cross-attention layers A&E reads for an image size (see AttendExciteConfig.attention_res)."""
+    scale = pipe.vae_scale_factor
+    latent_size = (height // scale, width // scale)
+    layers = cross_attention_layers(pipe.unet, latent_size)
+    if not isinstance(attention_res, int):
+        return layers_at_resolution(layers, tuple(attention_res))
+    default = pipe.unet.config.sample_size
+    default = (default, default) if isinstance(default, int) else tuple(default)
+    try:
+        names = {layer.name for layer in layers_at_resolution(cross_attention_layers(pipe.unet, default), (attention_res,) * 2)}
+    except ValueError as error:
+        raise ValueError(f"attention_res={attention_res} at the UNet's default latent size {default}: {error}") from None
+    return [layer for layer in layers if layer.name in names]
+
+
+@dataclass
+class _Evaluation:
+    latents: torch.Tensor  # the leaf the maps were computed from
+    max_attention: torch.Tensor
+    loss: torch.Tensor
+
+
+class _Exciter:
+    """The A&E forward (conditional branch, batch 1) and the latent update, with the attention store it reads."""
+
+    def __init__(self, pipe, store, prompt_embeds, token_indices, end, kernel):
+        self.pipe, self.store = pipe, store
+        self.prompt_embeds, self.token_indices, self.end, self.kernel = prompt_embeds, token_indices, end, kernel
+
+    def evaluate(self, latents: torch.Tensor, t: torch.Tensor, step: int) -> _Evaluation:
+        latents = latents.clone().detach().requires_grad_(True)
+        self.store.begin_forward(step)
+        self.store.active = True
+        try:
+            self.pipe.unet(latents, t, encoder_hidden_states=self.prompt_embeds)
+        except ForwardComplete:  # the rest of the UNet does not reach the loss
+            pass
+        finally:
+            self.store.active = False
+        attention = mean_attention(self.store.maps)
+        max_attention = subject_max_attention(attention, self.token_indices, self.end, self.kernel)
+        return _Evaluation(latents, max_attention, attend_excite_loss(max_attention))
+
+    @staticmethod
+    def update(evaluation: _Evaluation, step_size: float) -> torch.Tensor:
+        """z <- z - alpha_i * dL/dz with the raw gradient (pipeline_attend_and_excite.py L256-261)."""
+        (gradient,) = torch.autograd.grad(evaluation.loss, evaluation.latents)
+        return (evaluation.latents - step_size * gradient).detach()
+
+    def refine(self, current: _Evaluation, t, step: int, threshold: float, step_size: float, max_steps: int):
+        """Iterative refinement (L263-343) without its repeated and unused forwards; returns (evaluation, iterations).
+
+        As in the official loop, the stopping test reads the loss of the latent before the latest update, and the
+        returned evaluation is of the final latent (the official re-evaluation forward).
+        """
+        target = max(0.0, 1.0 - threshold)
+        iterations = 0
+        tested_loss = current.loss
+        while tested_loss > target:
+            iterations += 1
+            tested_loss = current.loss
+            latents = self.update(current, step_size) if current.loss != 0 else current.latents
+            current = self.evaluate(latents, t, step)
+            if iterations >= max_steps:
+                break
+        return current, iterations
+
+
+def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> np.ndarray:
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True])[0]
+
+
+@torch.no_grad()
+def attend_and_excite(
+    pipe: StableDiffusionPipeline,
+    prompt: str,
+    token_indices: tuple[int, ...] | list[int] | None = None,
+    *,
+    seed: int = 0,
+    config: AttendExciteConfig = AttendExciteConfig(),
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    baseline: bool = False,
+) -> AttendExciteResult:
+    """Generate one image with Attend-and-Excite (``baseline=True``: plain SD with the same seed and sampler)."""
+    start = time.perf_counter()
+    check_prompt(prompt)
+    tokenizer = pipe.tokenizer
+    if token_indices is None:
+        token_indices = subject_token_indices(tokenizer, prompt)
+    token_indices = check_token_indices(tokenizer, prompt, token_indices)
+    tokens = tuple(prompt_tokens(tokenizer, prompt)[i] for i in token_indices)
+    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    normalize_eot = config.normalize_eot if config.normalize_eot is not None else uses_sd2_tokenizer(tokenizer)
+    layers = attention_layers(pipe, height, width, config.attention_res)
+    device = pipe._execution_device
+    do_cfg = guidance_scale > 1.0
+
+    # 1. Encode the prompt (the A&E forward uses the conditional embedding alone)
+    prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(prompt, device, 1, do_cfg)
+    cfg_embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+
+    # 2. Timesteps, initial noise (as pipe(..., generator=torch.Generator("cpu").manual_seed(seed))) and step sizes
+    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = pipe.scheduler.timesteps
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latents = pipe.prepare_latents(
+        1, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator
+    )
+    extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
+    step_sizes = config.step_sizes(len(timesteps))
+
+    # 3. Denoising loop: the A&E forward and update on the guided steps, then the usual CFG step
+    store = AttentionStore(keep_graph=True, stop_after=[layer.name for layer in layers])
+    store.active = False
+    kernel = gaussian_kernel(config.kernel_size, config.sigma).to(device) if config.smooth_attentions else None
+    end = eot_index(tokenizer, prompt) if normalize_eot else None
+    exciter = _Exciter(pipe, store, prompt_embeds, token_indices, end, kernel)
+    guided_steps, losses, max_attention, refinement_iterations = [], [], [], {}
+    with attention_hook(pipe.unet, layers, store):
+        for i, t in enumerate(timesteps):
+            can_alter = i < config.max_iter_to_alter or i in config.thresholds
+            if not baseline and can_alter:
+                with torch.enable_grad():
+                    evaluation = exciter.evaluate(latents, t, i)
+                    guided_steps.append(i)
+                    losses.append(evaluation.loss.item())
+                    max_attention.append(evaluation.max_attention.tolist())
+                    if i in config.thresholds and evaluation.loss > 1.0 - config.thresholds[i]:
+                        evaluation, refinement_iterations[i] = exciter.refine(
+                            evaluation, t, i, config.thresholds[i], step_sizes[i], config.max_refinement_steps
+                        )
+                    latents = evaluation.latents.detach()
+                    if i < config.max_iter_to_alter and evaluation.loss != 0:
+                        latents = exciter.update(evaluation, step_sizes[i])
+
+            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+            latent_model_input = pipe.scheduler.scale_model_input(latent_model_input, t)
+            noise_pred = pipe.unet(latent_model_input, t, encoder_hidden_states=cfg_embeds).sample
+            if do_cfg:
+                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+            latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+
+    # 4. Decode
+    pixels = _decode(pipe, latents)
+    return AttendExciteResult(
+        image=pipe.numpy_to_pil(pixels[None])[0],
+        pixels=pixels,
+        token_indices=token_indices,
+        tokens=tokens,
+        guided_steps=guided_steps,
+        losses=losses,
+        max_attention=max_attention,
+        refinement_iterations=refinement_iterations,
+        seconds=time.perf_counter() - start,
+    )
