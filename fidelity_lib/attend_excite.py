@@ -9,6 +9,7 @@ stops right after the last cross-attention layer it reads, since nothing after i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -86,10 +87,35 @@ class TokenIndexError(ValueError):
     """A subject token index does not point at a word of the prompt."""
 
 
+class PromptTooLongError(ValueError):
+    """The prompt has more tokens than the text encoder reads; the rest would be cut silently."""
+
+
+class ImageSizeError(ValueError):
+    """An image height or width that is not a positive multiple of 8."""
+
+
 def check_prompt(prompt: str) -> None:
     """Raise EmptyPromptError for a prompt that is empty or only whitespace."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise EmptyPromptError(f"The prompt is empty ({prompt!r}): write what the image should show.")
+
+
+def check_prompt_length(tokenizer, prompt: str) -> None:
+    """Raise PromptTooLongError when the prompt does not fit the tokenizer's window with <sot> and <eot>."""
+    count = len(tokenizer(prompt).input_ids)
+    if count > tokenizer.model_max_length:
+        raise PromptTooLongError(
+            f"The prompt has {count - 2} tokens; the text encoder reads {tokenizer.model_max_length - 2} and would cut "
+            f"the rest silently: shorten it ({prompt[:60]!r}...)."
+        )
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Raise ImageSizeError unless height and width are positive multiples of 8 (the VAE's downsampling)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % 8:
+            raise ImageSizeError(f"{name}={value!r} must be a positive multiple of 8 (e.g. 512 for SD v1.4, 64 for the tiny model).")
 
 
 def eot_index(tokenizer, prompt: str) -> int:
@@ -299,17 +325,23 @@ def attend_and_excite(
     height: int | None = None,
     width: int | None = None,
     baseline: bool = False,
+    step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> AttendExciteResult:
-    """Generate one image with Attend-and-Excite (``baseline=True``: plain SD with the same seed and sampler)."""
+    """Generate one image with Attend-and-Excite (``baseline=True``: plain SD with the same seed and sampler).
+
+    ``step_callback(i, t, latents)`` sees the latents each guidance forward runs on (after that step's A&E update).
+    """
     start = time.perf_counter()
     check_prompt(prompt)
     tokenizer = pipe.tokenizer
+    check_prompt_length(tokenizer, prompt)
     if token_indices is None:
         token_indices = subject_token_indices(tokenizer, prompt)
     token_indices = check_token_indices(tokenizer, prompt, token_indices)
     tokens = tuple(prompt_tokens(tokenizer, prompt)[i] for i in token_indices)
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    check_image_size(height, width)
     normalize_eot = config.normalize_eot if config.normalize_eot is not None else uses_sd2_tokenizer(tokenizer)
     layers = attention_layers(pipe, height, width, config.attention_res)
     device = pipe._execution_device
@@ -353,6 +385,8 @@ def attend_and_excite(
                     if i < config.max_iter_to_alter and evaluation.loss != 0:
                         latents = exciter.update(evaluation, step_sizes[i])
 
+            if step_callback is not None:
+                step_callback(i, t, latents)
             latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
             latent_model_input = pipe.scheduler.scale_model_input(latent_model_input, t)
             noise_pred = pipe.unet(latent_model_input, t, encoder_hidden_states=cfg_embeds).sample

@@ -27,7 +27,8 @@ CLIP_VOCAB_SIZE = 49408  # 2 x 256 byte symbols + 48,894 BPE merges + <sot> + <e
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where fidelity_lib keeps files it derives offline (the CLIP tokenizer files); FIDELITY_CACHE overrides it."""
     root = os.environ.get("FIDELITY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fidelity_lib"
     return Path(root)
 
@@ -63,7 +64,7 @@ def _write_clip_tokenizer_files(folder: Path) -> None:
 
 def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """The real CLIP BPE tokenizer of SD 1.x, built offline from open_clip's vocabulary file."""
-    folder = _cache_dir() / "clip_tokenizer"
+    folder = cache_dir() / "clip_tokenizer"
     if not (folder / "merges.txt").exists():
         _write_clip_tokenizer_files(folder)
     return CLIPTokenizer.from_pretrained(

@@ -1,0 +1,102 @@
+"""Method x metric tables with 95% bootstrap confidence intervals over prompts, and their figure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fidelity_lib.datasets import AE_SETS
+
+# metric name -> (frame kind, numerator column, denominator column or None for a flat mean over images)
+METRICS = {
+    "clip_full_text": ("clip", "full_text", None),
+    "clip_min_object": ("clip", "min_first_second", None),
+    "blip_text_similarity": ("blip", "text_similarity", None),
+    "object_accuracy": ("detection", "n_objects_found", "n_objects"),
+    "relation_accuracy": ("detection", "n_relations_correct", "n_relations_evaluated"),
+    "relation_accuracy_unconditional": ("detection", "n_relations_correct", "n_relations"),
+}
+
+
+def metrics_for(dataset: str) -> list[str]:
+    """The metrics the papers report for a prompt set (MSCOCO captions carry no relation labels)."""
+    if dataset in AE_SETS:
+        return ["clip_full_text", "clip_min_object", "blip_text_similarity"]
+    relations = [] if dataset == "mscoco" else ["relation_accuracy", "relation_accuracy_unconditional"]
+    return ["clip_full_text", "blip_text_similarity", "object_accuracy", *relations]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+    n_prompts: int
+    n_images: int
+
+
+def bootstrap_ratio(
+    frame: pd.DataFrame, numerator: str, denominator: str | None = None, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> Estimate:
+    """sum(numerator)/sum(denominator) (or the flat mean of ``numerator``) with a percentile CI from resampling prompts."""
+    rows = frame[frame["error"].isna() & frame[numerator].notna()]
+    if denominator is None:
+        rows = rows.assign(_count=1.0)
+        denominator = "_count"
+    per_prompt = rows.groupby("prompt_index")[[numerator, denominator]].sum()
+    if per_prompt.empty or per_prompt[denominator].sum() == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), len(per_prompt), len(rows))
+    top, bottom = per_prompt[numerator].to_numpy(float), per_prompt[denominator].to_numpy(float)
+    picks = np.random.default_rng(seed).integers(0, len(top), size=(n_boot, len(top)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        samples = top[picks].sum(axis=1) / bottom[picks].sum(axis=1)
+    low, high = np.nanquantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(float(top.sum() / bottom.sum()), float(low), float(high), len(per_prompt), len(rows))
+
+
+def metric_table(frames: dict[str, pd.DataFrame], dataset: str, n_boot: int = 2000) -> pd.DataFrame:
+    """Long table: one row per (method, metric) with value, 95% CI, counts; ``frames`` maps kind -> metric frame."""
+    rows = []
+    for metric in metrics_for(dataset):
+        kind, numerator, denominator = METRICS[metric]
+        if kind not in frames:
+            continue
+        for method, group in frames[kind].groupby("method", sort=False):
+            estimate = bootstrap_ratio(group, numerator, denominator, n_boot)
+            rows.append({"dataset": dataset, "method": method, "metric": metric, **estimate.__dict__})
+    return pd.DataFrame(rows)
+
+
+def format_cell(value: float, low: float, high: float) -> str:
+    """'0.312 [0.298, 0.327]'."""
+    return "n/a" if np.isnan(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def wide_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Method x metric, each cell 'value [low, high]' (the 95% CI), metrics in ``metrics_for`` order."""
+    cells = table.assign(cell=[format_cell(v, l, h) for v, l, h in zip(table["value"], table["low"], table["high"])])
+    wide = cells.pivot(index="method", columns="metric", values="cell")[list(dict.fromkeys(table["metric"]))]
+    return wide.reindex(list(dict.fromkeys(table["method"]))).reset_index().rename_axis(columns=None)
+
+
+def metric_figure(table: pd.DataFrame, subtitle: str = ""):
+    """Seaborn point plot per metric: each method's value with its 95% CI; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    metrics = list(dict.fromkeys(table["metric"]))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    palette = dict(zip(dict.fromkeys(table["method"]), sns.color_palette("deep")))
+    for axis, metric in zip(axes[0], metrics):
+        part = table[table["metric"] == metric]
+        sns.scatterplot(data=part, x="method", y="value", hue="method", palette=palette, legend=False, ax=axis, s=60)
+        errors = [part["value"] - part["low"], part["high"] - part["value"]]
+        axis.errorbar(part["method"], part["value"], yerr=errors, fmt="none", ecolor="0.4", capsize=4)
+        axis.set(title=metric, xlabel="", ylabel="")
+        axis.margins(x=0.3)
+    figure.suptitle(f"{table['dataset'].iloc[0]}: 95% bootstrap CIs over prompts\n{subtitle}", fontsize=8)
+    figure.tight_layout()
+    figure.subplots_adjust(bottom=0.18)  # room for the provenance line report.save_figure writes at the bottom
+    return figure
