@@ -6,7 +6,13 @@
 Images go to ``DIR/<method>/<prompt folder>/<seed>.png`` (the A&E metrics layout) and each finished image gets one
 JSON line in ``DIR/manifest.jsonl``. An image is written to a temporary file and renamed into place, and its
 manifest line is appended only after that, so an interrupted run leaves no partial PNG; re-running skips every
-image that decodes and has its manifest line. One writer per output folder.
+image that decodes and has its manifest line.
+
+Scaling out: ``accelerate launch [--num_processes N] -m fidelity_lib.generate ...`` deals the (prompt, seed) items
+round-robin to the processes (``accelerate.PartialState``); each writes its own images and its own
+``manifest.part-<rank>.jsonl``, and at the end the main process merges the parts into ``manifest.jsonl`` (one line per
+image, sorted by method, prompt set, prompt index, seed). One run per output folder: the main process holds
+``DIR/.generate.lock`` and a second run is refused.
 
 Methods are entries of ``METHODS`` (name -> function(pipe, record, seed, options) -> Generated); another method
 plugs in with ``@register_method("name")``.
@@ -15,16 +21,21 @@ plugs in with ``@register_method("name")``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import PIL.Image
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from diffusers import StableDiffusionPipeline
 from tqdm import tqdm
 
@@ -32,16 +43,27 @@ from fidelity_lib.attend_excite import (
     AttendExciteConfig,
     attend_and_excite,
     check_prompt,
+    check_prompt_length,
     check_token_indices,
 )
 from fidelity_lib.datasets import PromptRecord, load_prompts, prompt_folder_name
 from fidelity_lib.models import PROFILES, WeightsNotFoundError, clip_tokenizer, load_pipeline
 
 MANIFEST_NAME = "manifest.jsonl"
+PART_GLOB = "manifest.part-*.jsonl"
+LOCK_NAME = ".generate.lock"
 
 
 class InvalidSeedsError(ValueError):
     """A seed specification that is not 'N', 'A-B' (A <= B) or a comma-separated list of those."""
+
+
+class OutputFolderError(OSError):
+    """The output folder cannot be created or written to."""
+
+
+class OutputLockedError(RuntimeError):
+    """Another generator run holds the output folder's lock."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +130,16 @@ def generate_ae(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, 
 
 
 def _generate_spacetime(pipe, record: PromptRecord, seed: int, options: GenerationOptions, method: str) -> Generated:
-    from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate
+    from fidelity_lib.spacetime import SpaceTimeConfig, shipped_layout_predictor, shipped_layouts, spacetime_generate
 
+    profile = getattr(pipe, "profile", "tiny")
+    layout = shipped_layouts(record.set_name, profile).get(record.prompt) if record.set_name else None
     config = SpaceTimeConfig(num_inference_steps=options.steps, guidance_scale=options.guidance_scale)
     indices = options.token_indices or record.subject_token_indices or None
-    result = spacetime_generate(pipe, record.prompt, seed=seed, config=config, method=method, token_indices=indices)
+    result = spacetime_generate(
+        pipe, record.prompt, layout, seed=seed, config=config, method=method,
+        predictor=shipped_layout_predictor(profile), token_indices=indices,
+    )
     return Generated(result.image, asdict(config), result.manifest_extras())
 
 
@@ -158,26 +185,58 @@ def is_valid_image(path: Path) -> bool:
     return True
 
 
-def read_manifest(out: Path) -> list[dict]:
-    """The manifest's records; a line cut short by a crash is ignored."""
-    path = Path(out) / MANIFEST_NAME
-    if not path.exists():
-        return []
+def manifest_part(out: str | os.PathLike, rank: int) -> Path:
+    """The manifest lines process ``rank`` appends during a run; merged into manifest.jsonl at the end."""
+    return Path(out) / f"manifest.part-{rank}.jsonl"
+
+
+def _read_lines(path: Path) -> list[dict]:
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except json.JSONDecodeError:  # a line cut short by a crash
             continue
     return records
 
 
-def _write_image_atomically(image: PIL.Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _manifest_order(record: dict) -> tuple:
+    method = record.get("method")
+    rank = list(METHODS).index(method) if method in METHODS else len(METHODS)
+    return rank, str(method), str(record.get("set")), int(record.get("index") or 0), int(record.get("seed") or 0)
+
+
+def read_manifest(out: str | os.PathLike) -> list[dict]:
+    """One record per image from manifest.jsonl and any unmerged parts (the latest line wins; torn lines ignored).
+
+    Sorted by method (registry order), prompt set, prompt index and seed.
+    """
+    out = Path(out)
+    sources = [path for path in [out / MANIFEST_NAME] if path.exists()] + sorted(out.glob(PART_GLOB))
+    latest = {}
+    for path in sources:
+        for record in _read_lines(path):
+            latest[(record.get("method"), record.get("prompt"), record.get("seed"))] = record
+    return sorted(latest.values(), key=_manifest_order)
+
+
+def merge_manifest(out: str | os.PathLike) -> list[dict]:
+    """Rewrite manifest.jsonl atomically with one line per existing image (``read_manifest``), then drop the parts."""
+    out = Path(out)
+    parts = sorted(out.glob(PART_GLOB))
+    records = [record for record in read_manifest(out) if (out / str(record.get("path"))).is_file()]
+    text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
+    _replace_atomically(out / MANIFEST_NAME, lambda file: file.write(text.encode("utf-8")))
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return records
+
+
+def _replace_atomically(path: Path, write: Callable) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:
-            image.save(file, format="PNG")
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -185,8 +244,12 @@ def _write_image_atomically(image: PIL.Image.Image, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _append_manifest_line(out: Path, record: dict) -> None:
-    path = Path(out) / MANIFEST_NAME
+def _write_image_atomically(image: PIL.Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(path, lambda file: image.save(file, format="PNG"))
+
+
+def _append_manifest_line(path: Path, record: dict) -> None:
     with open(path, "a+b") as file:
         file.seek(0, os.SEEK_END)
         if file.tell() > 0:
@@ -198,16 +261,75 @@ def _append_manifest_line(out: Path, record: dict) -> None:
         os.fsync(file.fileno())
 
 
-def _remove_stale_temporaries(out: Path, method: str) -> None:
-    for temporary in (Path(out) / method).glob("*/.*.png.*.tmp"):
+def _remove_stale_temporaries(out: Path) -> None:
+    for temporary in [*out.glob(".*.tmp"), *out.glob("*/*/.*.png.*.tmp")]:
         temporary.unlink(missing_ok=True)
 
 
+def prepare_output(out: str | os.PathLike) -> Path:
+    """Create the output folder and check that files can be created in it; raise OutputFolderError otherwise."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise OutputFolderError(
+            f"Cannot write images to {out} ({type(error).__name__}: {error.strerror or error}): "
+            f"pass --out (or out=) a folder you can create and write to."
+        ) from None
+    return out
+
+
+@contextmanager
+def output_lock(out: Path, state: PartialState) -> Iterator[None]:
+    """Hold ``out``'s lock on the main process; every process raises OutputLockedError when another run holds it."""
+    handle, refusal = None, None
+    if state.is_main_process:
+        handle = open(out / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            handle = None
+            refusal = (
+                f"Another generator run (pid {holder}) is writing {out}: wait for it to finish (it resumes and "
+                f"merges its manifest itself), or pass a different --out."
+            )
+        else:
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            _remove_stale_temporaries(out)
+    if state.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise OutputLockedError(refusal)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def process_state() -> PartialState:
+    """accelerate's state for this process; without CUDA (or with ACCELERATE_USE_CPU=1) processes talk over gloo."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def work_items(records: Sequence[PromptRecord], seeds: Sequence[int], rank: int = 0, num_processes: int = 1) -> list[tuple[PromptRecord, int]]:
+    """Process ``rank``'s (prompt, seed) items: every ``num_processes``-th of the prompt-major list, from ``rank``."""
+    return [(record, seed) for record in records for seed in seeds][rank::num_processes]
+
+
 def check_inputs(records: Sequence[PromptRecord], options: GenerationOptions) -> None:
-    """Raise EmptyPromptError / TokenIndexError before any image is generated."""
+    """Raise EmptyPromptError / PromptTooLongError / TokenIndexError before any image is generated."""
     tokenizer = clip_tokenizer()
     for record in records:
         check_prompt(record.prompt)
+        check_prompt_length(tokenizer, record.prompt)
         indices = options.token_indices or record.subject_token_indices
         if indices:
             check_token_indices(tokenizer, record.prompt, indices)
@@ -230,48 +352,70 @@ def generate(
     profile: str,
     options: GenerationOptions = GenerationOptions(),
     progress: bool = True,
+    state: PartialState | None = None,
 ) -> GenerationSummary:
-    """Make every (prompt, seed) image with ``method`` that is not already done; see the module docstring."""
+    """Make this process's share of the (prompt, seed) images that are not done yet, then merge the manifest."""
     if method not in METHODS:
         raise KeyError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     check_inputs(records, options)
-    _remove_stale_temporaries(out, method)
+    out = prepare_output(out)
+    state = state or process_state()
+    with output_lock(out, state):
+        try:
+            summary = _generate_share(pipe, method, records, seeds, out, profile, options, progress, state)
+        finally:
+            if state.num_processes == 1:
+                merge_manifest(out)
+        if state.num_processes > 1:
+            state.wait_for_everyone()
+            if state.is_main_process:
+                merge_manifest(out)
+    return summary
+
+
+def _generate_share(pipe, method, records, seeds, out: Path, profile, options, progress, state) -> GenerationSummary:
+    items = work_items(records, seeds, state.process_index, state.num_processes)
     done = {(line.get("method"), line.get("prompt"), line.get("seed")) for line in read_manifest(out)}
+    part = manifest_part(out, state.process_index)
     start = time.perf_counter()
     written = skipped = 0
-    with tqdm(total=len(records) * len(seeds), desc=method, unit="img", disable=not progress) as bar:
-        for record in records:
-            for seed in seeds:
-                path = image_path(out, method, record.prompt, seed)
-                if (method, record.prompt, seed) in done and is_valid_image(path):
-                    skipped += 1
-                    bar.update()
-                    continue
-                image_start = time.perf_counter()
-                generated = METHODS[method](pipe, record, seed, options)
-                seconds = time.perf_counter() - image_start
-                _write_image_atomically(generated.image, path)
-                _append_manifest_line(
-                    out,
-                    {
-                        "prompt": record.prompt,
-                        "set": record.set_name,
-                        "index": record.index,
-                        "seed": seed,
-                        "method": method,
-                        "path": str(path.relative_to(out)),
-                        "profile": profile,
-                        "weights": getattr(pipe, "weights_id", None),
-                        "config": generated.config,
-                        "seconds": round(seconds, 4),
-                        "extras": generated.extras,
-                    },
-                )
-                written += 1
-                bar.update()
+    for record, seed in tqdm(items, desc=method, unit="img", disable=not (progress and state.is_main_process)):
+        path = image_path(out, method, record.prompt, seed)
+        if (method, record.prompt, seed) in done and is_valid_image(path):
+            skipped += 1
+            continue
+        image_start = time.perf_counter()
+        generated = METHODS[method](pipe, record, seed, options)
+        seconds = time.perf_counter() - image_start
+        _write_image_atomically(generated.image, path)
+        _append_manifest_line(
+            part,
+            {
+                "prompt": record.prompt,
+                "set": record.set_name,
+                "index": record.index,
+                "seed": seed,
+                "method": method,
+                "path": str(path.relative_to(out)),
+                "profile": profile,
+                "weights": getattr(pipe, "weights_id", None),
+                "config": generated.config,
+                "seconds": round(seconds, 4),
+                "extras": generated.extras,
+            },
+        )
+        written += 1
     return GenerationSummary(written, skipped, time.perf_counter() - start)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
 
 
 def _parse_indices(text: str) -> tuple[int, ...]:
@@ -289,22 +433,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--profile", default="smoke", choices=PROFILES)
     parser.add_argument("--weights", help="paper profile: a weights folder or a repo id in the local cache")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    parser.add_argument("--limit", type=int, help="only the first N prompts")
+    parser.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
+    parser.add_argument("--limit", type=_positive_int, help="only the first N prompts")
     parser.add_argument("--token-indices", type=_parse_indices, help="subject token indices for every prompt")
     args = parser.parse_args(argv)
+    state = process_state()
     try:
         seeds = parse_seeds(args.seeds)
         records = load_prompts(args.prompts)[: args.limit]
         options = GenerationOptions(steps=args.steps, token_indices=args.token_indices)
         check_inputs(records, options)
-        pipe = load_pipeline(args.profile, weights=args.weights)
-        summary = generate(pipe, args.method, records, seeds, args.out, profile=args.profile, options=options)
-    except (ValueError, WeightsNotFoundError) as error:  # InvalidSeedsError, UnknownPromptSetError, TokenIndexError
+        prepare_output(args.out)
+        pipe = load_pipeline(args.profile, weights=args.weights, device=state.device)
+        summary = generate(pipe, args.method, records, seeds, args.out, profile=args.profile, options=options, state=state)
+    except (ValueError, WeightsNotFoundError, OutputFolderError, OutputLockedError) as error:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+    who = f"process {state.process_index}/{state.num_processes}: " if state.num_processes > 1 else ""
     print(
-        f"{summary.written} images written, {summary.skipped} already there, in {summary.seconds:.1f} s -> {args.out}",
+        f"{who}{summary.written} images written, {summary.skipped} already there, in {summary.seconds:.1f} s -> {args.out}",
         file=sys.stderr,
     )
     return 0

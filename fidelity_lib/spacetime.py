@@ -1,0 +1,557 @@
+"""Spatial-temporal attention control (Wu, Liu et al., ICCV 2023) on a diffusers Stable Diffusion pipeline.
+
+Follows the official "iccv version" (``specs/spatial_temporal.md`` section 1): every object of the layout gets a disc
+of radius 0.2 at every cross-attention resolution; inside it, the conditional rows' cross-attention output gets
+``w[k, step] * (L_k - G_u)`` added, where ``L_k`` is the attention over "a photo of <object>" and ``G_u`` the
+unconditional row's output; the weights ``w`` [objects x steps] are optimised with Adam by back-propagating a CLIP
+loss (whole image + square crops around the objects) through the sampling trajectory, the VAE decoder and CLIP.
+
+Differences from the original that do not change the image: model weights are frozen, every UNet call and the decoder
+run under ``torch.utils.checkpoint`` (memory does not grow with the steps), and the last pass computes no gradient
+(the original computes a third Adam update and discards it). ``combination="convex"`` is the paper's convex form.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import open_clip
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import Attention
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from torch.utils.checkpoint import checkpoint
+
+from fidelity_lib.attention import CrossAttentionLayer, attention_hook, attention_processors, cross_attention_layers
+from fidelity_lib.layout.evaluate import LAYOUTS_DIR, load_layouts
+from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
+from fidelity_lib.models import WeightsNotFoundError, resolve_profile
+
+COMBINATIONS = ("official", "convex")
+METHODS = ("st", "st+ae")
+PAPER_CLIP_ARCH = "ViT-B-32"  # spec 1.6: clip.load("ViT-B/32") (plms.py L71)
+PAPER_CLIP_HF_REPO = "timm/vit_base_patch32_clip_224.openai"  # where open_clip keeps the OpenAI ViT-B/32 weights
+PAPER_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class SpaceTimeConfig:
+    """The official settings; each default names its place in specs/spatial_temporal.md."""
+
+    num_inference_steps: int = 50  # 1.2: txt2img-gpt.py --ddim_steps 50 with --plms (PNDM, skip_prk_steps; 1.8)
+    guidance_scale: float = 7.5  # 1.2: txt2img-gpt.py L205-210 scale=7.5
+    radius: float = 0.2  # 1.3: mode "fix_radius_0p2" (attention.py L14), disc test d^2 < 0.04 on cell corners
+    weight_init: float | None = None  # 1.5: W = weight_initialize_coef / N (plms.py L204-214); None: 5.0 official,
+    # 1.0 convex (so that the weights of all discs covering a pixel sum to at most 1)
+    learning_rate: float = 0.005  # 1.7: Adam([W], lr=0.005), default betas and eps
+    passes: int = 3  # 1.7: range(3); the image of the third pass (after two updates) is the output
+    global_loss_weight: float = 1.0  # 1.6: loss = global + 5 * sum_k local_k (plms.py L273)
+    local_loss_weight: float = 5.0  # 1.6: plms.py L273
+    crop_half_size: float = 0.2  # 1.3: CLIP crop [x-0.2, x+0.2] x [y-0.2, y+0.2] clipped to the image (plms.py L256-271)
+    local_prompt: str = "a photo of {}"  # 1.2: attention text "a photo of " + chunk text (article and case kept)
+    local_clip_prompt: str = "A photo of {}"  # 1.6: CLIP text "A photo of " + chunk text lowercased, "the " removed
+    clip_normalize: bool = False  # 1.6 / 1.12.8: the original feeds CLIP unnormalised [0, 1] pixels
+    combination: str = "official"  # 1.4: attention.py L284-295 (G_c + sum M w (L - G_u)); "convex": paper's form
+    checkpointing: bool = True  # 6: recompute each UNet call and the decoder in backward (the original keeps all)
+    block_checkpointing: bool = False  # also checkpoint each UNet block inside that recomputation: less memory, one
+    # more forward per call (diffusers' enable_gradient_checkpointing)
+    autocast: bool = True  # 1.2: precision=autocast (fp16, backward included); used on CUDA only
+
+    def __post_init__(self):
+        if self.combination not in COMBINATIONS:
+            raise ValueError(f"combination must be one of {COMBINATIONS}, not {self.combination!r}")
+
+    def initial_weight(self, num_objects: int) -> float:
+        """The initial value of every weight: weight_init / N."""
+        init = self.weight_init if self.weight_init is not None else (5.0 if self.combination == "official" else 1.0)
+        return init / num_objects
+
+
+@dataclass
+class SpaceTimeResult:
+    """The image of the last pass, the layout it used, the weights and CLIP loss of every pass, and the time taken."""
+
+    image: PIL.Image.Image
+    layout: list[ObjectPlacement]
+    weights: list[np.ndarray] = field(default_factory=list)  # per pass: the [objects, steps] weights it sampled with
+    losses: list[float] = field(default_factory=list)  # per pass: the CLIP loss of its image
+    seconds: float = 0.0
+    method: str = "st"
+    fallback: bool = False  # True: no object in the layout, the image is plain SD
+
+    def manifest_extras(self) -> dict:
+        """What generate.py writes to the manifest beside the common fields."""
+        return {
+            "layout": [{"name": p.name, "phrase": p.phrase, "x": round(p.x, 6), "y": round(p.y, 6)} for p in self.layout],
+            "weights": np.round(self.weights[-1].astype(np.float64), 6).tolist() if self.weights else [],
+            "losses": [round(loss, 6) for loss in self.losses],
+            "fallback": self.fallback,
+        }
+
+
+class SpaceTimeFallbackWarning(UserWarning):
+    """The layout has no object: spatial-temporal control has nothing to do and the image is plain SD."""
+
+
+def region_masks(
+    placements: Sequence[ObjectPlacement], resolution: int | tuple[int, int], radius: float = 0.2
+) -> torch.Tensor:
+    """[objects, height*width] binary discs: cell (r, c) is inside iff (c/w - x)^2 + (r/h - y)^2 < radius^2."""
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    rows = torch.arange(height, dtype=torch.float64)[:, None] / height  # cell corners, not centres (spec 1.3)
+    cols = torch.arange(width, dtype=torch.float64)[None, :] / width
+    masks = [((cols - p.x) ** 2 + (rows - p.y) ** 2 < radius**2).flatten() for p in placements]
+    if not masks:
+        return torch.zeros(0, height * width)
+    return torch.stack(masks).float()
+
+
+def official_combination(
+    global_cond: torch.Tensor, global_uncond: torch.Tensor, local: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """G_c + sum_k M_k w_k (L_k - G_u) (attention.py L284-295); G [rows, P, D], L [rows, N, P, D], M [N, P], w [N]."""
+    coefficients = masks * weights[:, None]
+    return global_cond + torch.einsum("np,rnpd->rpd", coefficients, local - global_uncond[:, None])
+
+
+def convex_combination(
+    global_cond: torch.Tensor, local: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """(1 - sum_k M_k w_k) G_c + sum_k M_k w_k L_k: the paper's form, written G_c + sum_k M_k w_k (L_k - G_c)."""
+    coefficients = masks * weights[:, None]
+    return global_cond + torch.einsum("np,rnpd->rpd", coefficients, local - global_cond[:, None])
+
+
+def local_attention(attn: Attention, hidden_states: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+    """to_out(attention) of every row's queries over every context: [rows, contexts, pixels, dim], same weights."""
+    rows, pixels, _ = hidden_states.shape
+    count, tokens, _ = contexts.shape
+    query = attn.to_q(hidden_states)
+    key, value = attn.to_k(contexts), attn.to_v(contexts)
+    head_dim = query.shape[-1] // attn.heads
+    query = query.view(rows, 1, pixels, attn.heads, head_dim).transpose(2, 3).expand(-1, count, -1, -1, -1)
+    key = key.view(1, count, tokens, attn.heads, head_dim).transpose(2, 3).expand(rows, -1, -1, -1, -1)
+    value = value.view(1, count, tokens, attn.heads, head_dim).transpose(2, 3).expand(rows, -1, -1, -1, -1)
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    out = out.transpose(2, 3).reshape(rows, count, pixels, attn.heads * head_dim)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+class SpaceTimeControl:
+    """What every spatial-temporal processor reads: local embeddings, masks per resolution, this forward's weights."""
+
+    def __init__(self, local_embeds: torch.Tensor, masks: dict[tuple[int, int], torch.Tensor], combination: str):
+        self.local_embeds = local_embeds
+        self.masks = masks
+        self.combination = combination
+        self.active = False
+        self.weights: torch.Tensor | None = None
+        self.conditional: tuple[bool, ...] = ()
+
+    def begin_forward(self, weights: torch.Tensor, conditional: Sequence[bool]) -> None:
+        """Switch control on for the next UNet forward with one weight per object and one flag per batch row."""
+        self.active = True
+        self.weights = weights
+        self.conditional = tuple(conditional)
+
+
+class SpaceTimeProcessor:
+    """Runs the layer's processor, then adds each object's local attention inside its region to the conditional rows."""
+
+    def __init__(self, layer: CrossAttentionLayer, control: SpaceTimeControl, inner) -> None:
+        self.layer = layer
+        self.control = control
+        self.inner = inner
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None, *args, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        control = self.control
+        if not control.active:
+            return out
+        if attn.residual_connection or attn.rescale_output_factor != 1.0 or hidden_states.ndim != 3:
+            raise ValueError(f"{self.layer.name}: spatial-temporal control needs a plain SD cross-attention layer.")
+        conditional = [row for row, flag in enumerate(control.conditional) if flag]
+        unconditional = [row for row, flag in enumerate(control.conditional) if not flag]
+        rows = torch.tensor(conditional, device=out.device)
+        local = local_attention(attn, hidden_states[conditional], control.local_embeds.to(hidden_states.dtype))
+        masks = control.masks[self.layer.resolution].to(out.device, out.dtype)
+        weights = control.weights.to(out.dtype)
+        if control.combination == "official":
+            if len(unconditional) != len(conditional):
+                raise ValueError("The official combination subtracts the unconditional row: use guidance_scale > 1.")
+            edited = official_combination(out[conditional], out[unconditional], local, masks, weights)
+        else:
+            edited = convex_combination(out[conditional], local, masks, weights)
+        return out.index_copy(0, rows, edited)
+
+
+@contextmanager
+def spacetime_control(pipe: StableDiffusionPipeline, control: SpaceTimeControl, latent_size: tuple[int, int]) -> Iterator[SpaceTimeControl]:
+    """Wrap every cross-attention layer's current processor in a SpaceTimeProcessor; restore all on exit."""
+    current = pipe.unet.attn_processors
+    processors = {
+        layer.name: SpaceTimeProcessor(layer, control, current[layer.name])
+        for layer in cross_attention_layers(pipe.unet, latent_size)
+    }
+    with attention_processors(pipe.unet, processors):
+        yield control
+
+
+@contextmanager
+def frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """Set requires_grad_(False) on every parameter; restore the flags on exit."""
+    parameters = [p for module in modules for p in module.parameters()]
+    flags = [p.requires_grad for p in parameters]
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(parameters, flags):
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def block_checkpointing(unet, enabled: bool) -> Iterator[None]:
+    """Turn on diffusers' per-block gradient checkpointing while inside (if ``enabled``); restore it on exit."""
+    switch = enabled and not unet.is_gradient_checkpointing
+    if switch:
+        unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if switch:
+            unet.disable_gradient_checkpointing()
+
+
+def tiny_clip(seed: int = 0):
+    """(model, preprocess, tokenizer): a random-weight open_clip CLIP on 32x32 images, built offline (tests)."""
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(image_size=32, patch_size=8, width=32, layers=1, head_width=16),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+    )
+    preprocess = open_clip.transform.image_transform(32, is_train=False)
+    return model.eval(), preprocess, open_clip.tokenizer.SimpleTokenizer()
+
+
+def _paper_clip_checkpoint(weights) -> str:
+    if weights is not None:
+        return str(weights)
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in PAPER_CLIP_FILES:
+        cached = try_to_load_from_cache(PAPER_CLIP_HF_REPO, name)
+        if isinstance(cached, str):
+            return cached
+    raise WeightsNotFoundError(
+        f"CLIP {PAPER_CLIP_ARCH} (OpenAI weights) is not in the local Hugging Face cache. This book never downloads "
+        f"weights; on a machine with internet access run:\n    huggingface-cli download {PAPER_CLIP_HF_REPO}\n"
+        f"or pass clip_weights=<path to {PAPER_CLIP_FILES[0]}>."
+    )
+
+
+def load_spacetime_clip(profile: str = "smoke", weights=None):
+    """(model, preprocess, tokenizer) of the loss: paper ViT-B-32 OpenAI (local only); toy world's CLIP; else tiny."""
+    resolved = resolve_profile(profile)
+    if resolved == "paper":
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            PAPER_CLIP_ARCH, pretrained=_paper_clip_checkpoint(weights), force_quick_gelu=True
+        )
+        return model.eval(), preprocess, open_clip.get_tokenizer(PAPER_CLIP_ARCH)
+    if resolved == "toy":
+        from fidelity_lib.toyworld import toy_clip
+
+        return toy_clip()
+    return tiny_clip()
+
+
+@lru_cache(maxsize=2)
+def shared_clip(profile: str = "smoke"):
+    """load_spacetime_clip(profile), loaded once per process (generate.py calls it for every image)."""
+    return load_spacetime_clip(profile)
+
+
+def clip_global_view(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest upsampling then average pooling to CLIP's size (512 -> x7 -> /16 = 224, DCLIPLoss.forward_2)."""
+    factors, kernels = [], []
+    for have, want in zip(image.shape[-2:], size):
+        common = math.gcd(have, want)
+        factors.append(want // common)
+        kernels.append(have // common)
+    upsampled = F.interpolate(image, scale_factor=tuple(float(f) for f in factors), mode="nearest")
+    return F.avg_pool2d(upsampled, kernel_size=tuple(kernels))
+
+
+def crop_box(placement: ObjectPlacement, half_size: float, height: int, width: int) -> tuple[slice, slice]:
+    """Pixel rows and columns of the square [x-h, x+h] x [y-h, y+h] clipped to the image (plms.py L256-271)."""
+    x1, x2 = max(placement.x - half_size, 0.0), min(placement.x + half_size, 1.0)
+    y1, y2 = max(placement.y - half_size, 0.0), min(placement.y + half_size, 1.0)
+    return slice(int(height * y1), int(height * y2)), slice(int(width * x1), int(width * x2))
+
+
+def local_clip_name(phrase: str) -> str:
+    """The object's name in the CLIP local text: lowercased, every "the " removed (spec 1.6, quirk 1.12.6)."""
+    return phrase.lower().replace("the ", "")
+
+
+class ClipLoss:
+    """(1 - cos(image, prompt)) * global weight + local weight * sum_k (1 - cos(crop_k, "A photo of <object>"))."""
+
+    def __init__(self, clip_model, prompt: str, layout: Sequence[ObjectPlacement], config: SpaceTimeConfig, device):
+        self.model = clip_model[0].to(device)
+        tokenizer = clip_model[2]
+        self.size = tuple(self.model.visual.image_size)
+        self.layout = list(layout)
+        self.config = config
+        texts = [prompt] + [config.local_clip_prompt.format(local_clip_name(p.phrase)) for p in self.layout]
+        with torch.no_grad():
+            self.text_embeds = self.model.encode_text(tokenizer(texts).to(device)).float()
+        mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
+        self.mean, self.std = mean.view(1, 3, 1, 1).to(device), std.view(1, 3, 1, 1).to(device)
+
+    def _similarity(self, views: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        if self.config.clip_normalize:
+            views = (views - self.mean) / self.std
+        return F.cosine_similarity(self.model.encode_image(views).float(), text_embeds, dim=-1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """The loss of one image [1, 3, H, W] in [0, 1]."""
+        height, width = image.shape[-2:]
+        loss = self.config.global_loss_weight * (1 - self._similarity(clip_global_view(image, self.size), self.text_embeds[:1])[0])
+        if self.layout:
+            crops = []
+            for placement in self.layout:
+                rows, cols = crop_box(placement, self.config.crop_half_size, height, width)
+                crops.append(F.interpolate(image[:, :, rows, cols], size=self.size, mode="bilinear", align_corners=False))
+            local = 1 - self._similarity(torch.cat(crops), self.text_embeds[1:])
+            loss = loss + self.config.local_loss_weight * local.sum()
+        return loss
+
+
+def weight_columns(num_timesteps: int, num_steps: int) -> list[int]:
+    """The weight column of each UNet call: PLMS calls the UNet twice on its first step, both with column 0 (1.5)."""
+    if num_timesteps == num_steps + 1:
+        return [0] + list(range(num_steps))
+    return list(range(num_timesteps))
+
+
+def _paper_kind(profile: str) -> str:
+    return "paper" if resolve_profile(profile) == "paper" else "smoke"
+
+
+@lru_cache(maxsize=2)
+def shipped_layout_predictor(profile: str = "smoke") -> LayoutPredictor | None:
+    """The trained predictor in data/layouts/predictor-<paper|smoke>/ for this profile, or None."""
+    folder = LAYOUTS_DIR / f"predictor-{_paper_kind(profile)}"
+    return LayoutPredictor.load(folder) if folder.is_dir() else None
+
+
+@lru_cache(maxsize=8)
+def shipped_layouts(set_name: str, profile: str = "smoke") -> dict[str, list[ObjectPlacement]]:
+    """A prompt set's layouts in data/layouts/<set>.json when written for this kind of profile, else empty."""
+    try:
+        written_for, layouts = load_layouts(set_name)
+    except FileNotFoundError:
+        return {}
+    return layouts if _paper_kind(written_for) == _paper_kind(profile) else {}
+
+
+@lru_cache(maxsize=1)
+def untrained_layout_predictor() -> LayoutPredictor:
+    """A tiny random-weight layout predictor: it finds the objects, but its positions are arbitrary (plumbing only)."""
+    return LayoutPredictor.tiny([])
+
+
+def predict_layout(prompt: str, predictor: LayoutPredictor | None = None) -> list[ObjectPlacement]:
+    """The predictor's layout; without one, the untrained tiny predictor and a warning."""
+    if predictor is None:
+        warnings.warn("No layout predictor given: using an untrained tiny one (positions are arbitrary).", stacklevel=3)
+        predictor = untrained_layout_predictor()
+    return predictor.predict(prompt)
+
+
+class _Guidance:
+    """Attend-and-Excite's latent update, applied as a constant shift so that W's gradient flows past it."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, prompt_embeds: torch.Tensor, num_timesteps: int, token_indices):
+        from fidelity_lib import attend_excite as ae
+
+        self.config = ae.AttendExciteConfig()
+        height, width = (s * pipe.vae_scale_factor for s in _latent_size(pipe))
+        self.layers = ae.attention_layers(pipe, height, width, self.config.attention_res)
+        self.store = ae.AttentionStore(keep_graph=True, stop_after=[layer.name for layer in self.layers])
+        self.store.active = False
+        if token_indices is None:
+            token_indices = ae.subject_token_indices(pipe.tokenizer, prompt)
+        token_indices = ae.check_token_indices(pipe.tokenizer, prompt, token_indices)
+        end = ae.eot_index(pipe.tokenizer, prompt) if ae.uses_sd2_tokenizer(pipe.tokenizer) else None
+        kernel = ae.gaussian_kernel(self.config.kernel_size, self.config.sigma).to(prompt_embeds.device)
+        self.exciter = ae._Exciter(pipe, self.store, prompt_embeds, token_indices, end, kernel)
+        self.step_sizes = self.config.step_sizes(num_timesteps)
+
+    def applies(self, step: int) -> bool:
+        return step < self.config.max_iter_to_alter or step in self.config.thresholds
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        """A&E's latent for this step (pipeline_attend_and_excite.py L236-261), as latents + a shift without graph."""
+        config = self.config
+        with torch.enable_grad():
+            evaluation = self.exciter.evaluate(latents.detach(), t, step)
+            if step in config.thresholds and evaluation.loss > 1.0 - config.thresholds[step]:
+                evaluation, _ = self.exciter.refine(
+                    evaluation, t, step, config.thresholds[step], self.step_sizes[step], config.max_refinement_steps
+                )
+            moved = evaluation.latents.detach()
+            if step < config.max_iter_to_alter and evaluation.loss != 0:
+                moved = self.exciter.update(evaluation, self.step_sizes[step])
+        return latents + (moved - latents.detach())
+
+
+def _latent_size(pipe: StableDiffusionPipeline) -> tuple[int, int]:
+    size = pipe.unet.config.sample_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class _Sampler:
+    """One differentiable sampling pass from fixed noise under spatial-temporal control, and the decoder."""
+
+    def __init__(self, pipe, control, cfg_embeds, initial_latents, config: SpaceTimeConfig, guidance: _Guidance | None):
+        self.pipe, self.control, self.cfg_embeds = pipe, control, cfg_embeds
+        self.initial_latents, self.config, self.guidance = initial_latents, config, guidance
+        self.device = initial_latents.device
+
+    def _autocast(self):
+        enabled = self.config.autocast and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=enabled)
+
+    def _maybe_checkpoint(self, function, *inputs):
+        if self.config.checkpointing and torch.is_grad_enabled():
+            return checkpoint(function, *inputs, use_reentrant=False)
+        return function(*inputs)
+
+    def _noise(self, latents: torch.Tensor, t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        def forward(latents, weights):
+            self.control.begin_forward(weights, (False, True))
+            model_input = self.pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            with self._autocast():
+                noise = self.pipe.unet(model_input, t, encoder_hidden_states=self.cfg_embeds).sample
+            noise_uncond, noise_text = noise.float().chunk(2)
+            return noise_uncond + self.config.guidance_scale * (noise_text - noise_uncond)
+
+        return self._maybe_checkpoint(forward, latents, weights)
+
+    def sample(self, weights: torch.Tensor) -> torch.Tensor:
+        """The final latent of one pass with weights [objects, steps]."""
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(self.config.num_inference_steps, device=self.device)
+        columns = weight_columns(len(scheduler.timesteps), self.config.num_inference_steps)
+        latents = self.initial_latents
+        for i, t in enumerate(scheduler.timesteps):
+            if self.guidance is not None and self.guidance.applies(i):
+                self.control.active = False
+                latents = self.guidance(latents, t, i)
+            noise = self._noise(latents, t, weights[:, columns[i]])
+            latents = scheduler.step(noise, t, latents).prev_sample
+        self.control.active = False
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The image [1, 3, H, W] in [0, 1] (clamp((x + 1) / 2), plms.py L249-250)."""
+
+        def forward(latents):
+            with self._autocast():
+                image = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor).sample
+            return ((image.float() + 1) / 2).clamp(0, 1)
+
+        return self._maybe_checkpoint(forward, latents)
+
+
+def _to_pil(image: torch.Tensor) -> PIL.Image.Image:
+    return StableDiffusionPipeline.numpy_to_pil(image.detach().float().permute(0, 2, 3, 1).cpu().numpy())[0]
+
+
+def spacetime_generate(
+    pipe: StableDiffusionPipeline,
+    prompt: str,
+    layout: Sequence[ObjectPlacement] | None = None,
+    *,
+    seed: int = 0,
+    config: SpaceTimeConfig = SpaceTimeConfig(),
+    clip_model=None,
+    method: str = "st",
+    predictor: LayoutPredictor | None = None,
+    token_indices: Sequence[int] | None = None,
+) -> SpaceTimeResult:
+    """One image with spatial-temporal control (``method="st+ae"``: plus Attend-and-Excite guidance in the same run).
+
+    ``layout`` None asks ``predictor`` (see predict_layout); ``clip_model`` is (model, preprocess, tokenizer) with
+    open_clip's interface, None loads the pipeline profile's (load_spacetime_clip). ``token_indices`` are A&E's
+    subjects (st+ae; None: attend_excite.subject_token_indices). An empty layout gives plain SD with
+    ``fallback=True`` and a SpaceTimeFallbackWarning.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    start = time.perf_counter()
+    layout = list(layout) if layout is not None else predict_layout(prompt, predictor)
+    if not layout:
+        warnings.warn(f"No object in the layout of {prompt!r}: plain Stable Diffusion.", SpaceTimeFallbackWarning, stacklevel=2)
+        image = pipe(
+            prompt,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images[0]
+        return SpaceTimeResult(image, [], seconds=time.perf_counter() - start, method=method, fallback=True)
+    if clip_model is None:
+        clip_model = shared_clip(getattr(pipe, "profile", "tiny"))
+
+    device = pipe._execution_device
+    latent_size = _latent_size(pipe)
+    height, width = latent_size[0] * pipe.vae_scale_factor, latent_size[1] * pipe.vae_scale_factor
+    with torch.no_grad():
+        prompt_embeds, negative_embeds = pipe.encode_prompt(prompt, device, 1, True)
+        local_texts = [config.local_prompt.format(placement.phrase) for placement in layout]
+        local_embeds = pipe.encode_prompt(local_texts, device, 1, False)[0]
+    generator = torch.Generator("cpu").manual_seed(seed)
+    initial_latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator)
+    resolutions = {layer.resolution for layer in cross_attention_layers(pipe.unet, latent_size)}
+    masks = {resolution: region_masks(layout, resolution, config.radius).to(device) for resolution in resolutions}
+    control = SpaceTimeControl(local_embeds, masks, config.combination)
+    weights = torch.full(
+        (len(layout), config.num_inference_steps), config.initial_weight(len(layout)), device=device, requires_grad=True
+    )
+    optimizer = torch.optim.Adam([weights], lr=config.learning_rate)
+
+    pipe.scheduler.set_timesteps(config.num_inference_steps, device=device)
+    guidance = _Guidance(pipe, prompt, prompt_embeds, len(pipe.scheduler.timesteps), token_indices) if method == "st+ae" else None
+    hook = attention_hook(pipe.unet, guidance.layers, guidance.store) if guidance is not None else nullcontext()
+    blocks = block_checkpointing(pipe.unet, config.block_checkpointing)
+    with frozen(pipe.unet, pipe.vae, pipe.text_encoder, clip_model[0]), hook, blocks:
+        loss_of = ClipLoss(clip_model, prompt, layout, config, device)
+        sampler = _Sampler(pipe, control, torch.cat([negative_embeds, prompt_embeds]), initial_latents, config, guidance)
+        history, losses = [], []
+        with spacetime_control(pipe, control, latent_size):
+            for number in range(config.passes):
+                last = number == config.passes - 1
+                with torch.set_grad_enabled(not last):
+                    image = sampler.decode(sampler.sample(weights))
+                    loss = loss_of(image)
+                history.append(weights.detach().cpu().numpy().copy())
+                losses.append(loss.item())
+                if not last:
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+    return SpaceTimeResult(_to_pil(image), layout, history, losses, time.perf_counter() - start, method)
