@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,14 +21,12 @@ import torch
 from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite
 from fidelity_lib.datasets import load_prompts
 from fidelity_lib.models import tiny_pipeline
+from fidelity_lib.report import BENCHMARKS, write_benchmark_section
 
-REPORT = Path(__file__).resolve().parent.parent / "reports" / "benchmarks.md"
-START, END = "<!-- bench_attend_excite:start -->", "<!-- bench_attend_excite:end -->"
 SETTINGS = {
     "paper defaults": AttendExciteConfig(),
     "paper defaults, no refinement": AttendExciteConfig(thresholds={}),
 }
-
 
 class ForwardCounter:
     """Counts UNet forwards by batch size (1: A&E forward, 2: classifier-free-guidance forward)."""
@@ -43,12 +39,10 @@ class ForwardCounter:
         calls, self.calls = self.calls, []
         return f"{calls.count(1)} + {calls.count(2)}"
 
-
 def timed(function):
     start = time.perf_counter()
     output = function()
     return output, time.perf_counter() - start
-
 
 def run(steps: int, prompts: int, seeds: int) -> list[dict]:
     from diffusers import StableDiffusionAttendAndExcitePipeline
@@ -94,10 +88,8 @@ def run(steps: int, prompts: int, seeds: int) -> list[dict]:
                 print(rows[-1], flush=True)
     return rows
 
-
 def markdown(rows: list[dict], steps: int) -> str:
     lines = [
-        START,
         "## Attend-and-Excite: ours vs diffusers' deprecated pipeline vs plain SD",
         "",
         f"Tiny random-weight SD-architecture pipeline (`tiny_pipeline()`, 64x64 images), **CPU numbers of a tiny model**, "
@@ -122,18 +114,7 @@ def markdown(rows: list[dict], steps: int) -> str:
         versus_diffusers = statistics.mean(row["ours_s"] / row["diffusers_s"] for row in chosen)
         versus_plain = statistics.mean(row["ours_s"] / row["plain_s"] for row in chosen)
         lines.append(f"| {setting} | {versus_diffusers:.2f} | {versus_plain:.2f} |")
-    lines.append(END)
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str, report: Path = REPORT) -> None:
-    """Replace this benchmark's section of the report (or append it), leaving other sections alone."""
-    report.parent.mkdir(parents=True, exist_ok=True)
-    text = report.read_text() if report.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END) + "\n?", re.DOTALL)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    report.write_text(text)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,9 +124,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = run(args.steps, args.prompts, args.seeds)
-    write_section(markdown(rows, args.steps))
-    print(f"wrote {REPORT}")
-
+    write_benchmark_section("bench_attend_excite", markdown(rows, args.steps))
+    print(f"wrote {BENCHMARKS}")
 
 if __name__ == "__main__":
     main()

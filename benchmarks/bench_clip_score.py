@@ -9,7 +9,6 @@ Writes/updates the "## CLIP scoring" section of reports/benchmarks.md.
 from __future__ import annotations
 
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +19,10 @@ from PIL import Image
 
 from fidelity_lib.datasets import load_prompt_set, prompt_folder_name
 from fidelity_lib.metrics.clip_score import ClipScorer, clip_score, random_vit_b16, split_prompt, template_texts
+from fidelity_lib.report import write_benchmark_section
 
 DATASET, PROMPTS, SEEDS = "ae_animal_animal", 16, 4
 HEADING = "## CLIP scoring (benchmarks/bench_clip_score.py)"
-REPORT = Path(__file__).resolve().parent.parent / "reports" / "benchmarks.md"
-
 
 def write_images(root: Path) -> None:
     """PROMPTS x SEEDS random 512x512 PNGs in the generator's layout under root/sd/."""
@@ -35,7 +33,6 @@ def write_images(root: Path) -> None:
         for seed in range(SEEDS):
             Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(folder / f"{seed}.png")
 
-
 @torch.no_grad()
 def original_embedding(clip, text: str) -> torch.Tensor:
     """The original get_embedding_for_prompt: 80 templates, full 77-token encode, normalise, mean, normalise."""
@@ -43,7 +40,6 @@ def original_embedding(clip, text: str) -> torch.Tensor:
     features = features / features.norm(dim=-1, keepdim=True)
     mean = features.mean(dim=0)
     return (mean / mean.norm()).float()
-
 
 @torch.no_grad()
 def original_loop(clip, root: Path) -> dict[str, list[float]]:
@@ -59,16 +55,6 @@ def original_loop(clip, root: Path) -> dict[str, list[float]]:
             features = (features / features.norm(dim=-1, keepdim=True)).float()[0]
             results[str(path)] = [float(features @ e) for e in (full_e, first_e, second_e)]
     return results
-
-
-def update_report(section: str) -> None:
-    """Replace this benchmark's section of reports/benchmarks.md (keyed by its heading), keeping the others."""
-    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(text)
-
 
 def main() -> None:
     clip = random_vit_b16(seed=0)
@@ -93,9 +79,8 @@ def main() -> None:
         f"| fidelity_lib clip_score (batched, cached, trimmed text) | {ours_seconds:.1f} | {images / ours_seconds:.2f} |\n\n"
         f"Speed-up: **{loop_seconds / ours_seconds:.1f}x**; largest difference in any similarity: {max_diff:.2e}.\n"
     )
-    update_report(section)
+    write_benchmark_section("bench_clip_score", section)
     print(section)
-
 
 if __name__ == "__main__":
     main()

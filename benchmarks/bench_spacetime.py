@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -23,18 +22,16 @@ from pathlib import Path
 
 import torch
 
-REPORT = Path(__file__).resolve().parent.parent / "reports" / "benchmarks.md"
-START, END = "<!-- bench_spacetime:start -->", "<!-- bench_spacetime:end -->"
+from fidelity_lib.report import write_benchmark_section
+
 PROMPT = "a cat to the left of a dog"
 CONFIGURATIONS = ("plain SD", "ST, checkpointing", "ST, checkpointing + blocks", "ST, no checkpointing")
-
 
 def _rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
-
 
 def measure(configuration: str, steps: int) -> dict:
     """Run one configuration in this process: seconds and peak resident bytes above the post-setup baseline."""
@@ -60,7 +57,6 @@ def measure(configuration: str, steps: int) -> dict:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"configuration": configuration, "seconds": seconds, "peak_bytes": peak - baseline, "losses": losses}
-
 
 def _sd14_modules():
     import open_clip
@@ -91,7 +87,6 @@ def _sd14_modules():
         clip = open_clip.model.CLIP(**open_clip.get_model_config("ViT-B-32"))
     return unet.requires_grad_(False), vae.requires_grad_(False), text_encoder, clip
 
-
 def _saved_bytes(function) -> tuple[int, int]:
     """(all bytes autograd saves in ``function``, the part in square attention maps [.., P, P] with P >= 1024)."""
     counts = [0, 0]
@@ -106,7 +101,6 @@ def _saved_bytes(function) -> tuple[int, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         function()
     return counts[0], counts[1]
-
 
 def sd14_arithmetic() -> dict:
     """Parameter bytes and per-call saved-activation bytes of SD v1.4 at 512x512 in fp16, counted on the meta device."""
@@ -129,16 +123,13 @@ def sd14_arithmetic() -> dict:
         "decoder_maps": decoder_maps,
     }
 
-
 def _gb(value: float) -> str:
     return f"{value / 1e9:.2f} GB"
-
 
 def markdown(rows: list[dict], steps: int, arithmetic: dict) -> str:
     by_name = {row["configuration"]: row for row in rows}
     plain = by_name["plain SD"]
     lines = [
-        START,
         "## Spatial-temporal control: time and memory",
         "",
         f"Tiny random-weight pipeline (`tiny_pipeline()`, 64x64 images) with a tiny random CLIP, **CPU numbers of a tiny "
@@ -193,19 +184,8 @@ def markdown(rows: list[dict], steps: int, arithmetic: dict) -> str:
         "Configuration under 16 GB on a GPU: fp16 weights (or `SpaceTimeConfig.autocast` on fp32 weights: then weights "
         f"take {_gb(2 * weights)}), all model parameters frozen, `checkpointing=True`, diffusers' default SDPA "
         "attention processor (flash / memory-efficient), one image per prompt with the CFG batch of 2.",
-        END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str, report: Path = REPORT) -> None:
-    """Replace this benchmark's section of the report (or append it), leaving other sections alone."""
-    report.parent.mkdir(parents=True, exist_ok=True)
-    text = report.read_text() if report.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END) + "\n?", re.DOTALL)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    report.write_text(text)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,9 +203,8 @@ def main() -> None:
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(rows[-1], file=sys.stderr)
     section = markdown(rows, args.steps, sd14_arithmetic())
-    write_section(section)
+    write_benchmark_section("bench_spacetime", section)
     print(section)
-
 
 if __name__ == "__main__":
     main()

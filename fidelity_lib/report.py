@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_TABLES = REPO_ROOT / "data" / "paper_tables.csv"
 PAPER_TABLE_COLUMNS = ["paper", "table", "dataset", "method", "metric", "value", "source"]
+BENCHMARKS = REPO_ROOT / "reports" / "benchmarks.md"
 
 
 def git_commit() -> str:
@@ -63,6 +65,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_benchmark_section(name: str, section: str, path: Path = BENCHMARKS) -> None:
+    """Replace benchmark ``name``'s section of reports/benchmarks.md (or append it), leaving the other sections alone."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{section.strip()}\n{end}\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end) + "\n?", re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    atomic_write_bytes(path, text.encode())
 
 
 def _write_provenance(path: Path, provenance: Provenance, title: str) -> None:

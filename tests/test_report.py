@@ -43,3 +43,15 @@ def test_provenance_record_without_weights_is_refused(tmp_path):
     record_path.write_text(json.dumps(record))
     with pytest.raises(MissingProvenanceError, match="lacks 'weights'"):
         read_provenance(path)
+
+
+def test_benchmark_sections_replace_only_their_own_block(tmp_path):
+    from fidelity_lib.report import write_benchmark_section
+
+    path = tmp_path / "benchmarks.md"
+    write_benchmark_section("a", "## A\n\nfirst", path)
+    write_benchmark_section("b", "## B\n\nsecond", path)
+    write_benchmark_section("a", "## A\n\nfirst, again", path)
+    text = path.read_text()
+    assert text.count("## A") == 1 and "first, again" in text and "second" in text
+    assert text.index("## A") < text.index("## B")
