@@ -30,6 +30,30 @@ class NotebookFailed(RuntimeError):
         self.executed_path = executed_path
 
 
+class ParameterTypeError(TypeError):
+    """A notebook parameter whose value has the wrong type (e.g. a misspelt number passed with papermill -p)."""
+
+
+def check_parameters(values: dict, **expected: type | None | tuple) -> None:
+    """Raise ParameterTypeError naming every parameter in ``expected`` (name=type or (types, None)) of another type.
+
+    A notebook calls ``check_parameters(globals(), limit=(int, None), ...)`` right after its parameters cell.
+    """
+    problems = []
+    for name, types in expected.items():
+        allowed = tuple(type(None) if kind is None else kind for kind in (types if isinstance(types, tuple) else (types,)))
+        allowed += (int,) if float in allowed else ()
+        value = values[name]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            wanted = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
+            problems.append(f"{name}={value!r} is a {type(value).__name__}, expected {wanted}")
+    if problems:
+        raise ParameterTypeError(
+            f"Wrong notebook parameter type: {'; '.join(problems)}. Pass values with papermill -p NAME VALUE "
+            f"(numbers, True/False and None are parsed) or -r NAME VALUE for a string that looks like a number."
+        )
+
+
 @dataclass
 class NotebookRun:
     notebook: Path

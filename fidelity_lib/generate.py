@@ -266,9 +266,21 @@ def _remove_stale_temporaries(out: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def check_output(out: str | os.PathLike) -> None:
+    """Raise OutputFolderError when ``out`` cannot become a writable folder; creates nothing."""
+    path = Path(out).absolute()
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(
+            f"Cannot write images to {out}: {existing} is {'not a folder' if not existing.is_dir() else 'not writable'}; "
+            f"pass --out (or out=) a folder you can create and write to."
+        )
+
+
 def prepare_output(out: str | os.PathLike) -> Path:
     """Create the output folder and check that files can be created in it; raise OutputFolderError otherwise."""
     out = Path(out)
+    check_output(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -443,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         records = load_prompts(args.prompts)[: args.limit]
         options = GenerationOptions(steps=args.steps, token_indices=args.token_indices)
         check_inputs(records, options)
-        prepare_output(args.out)
+        check_output(args.out)
         pipe = load_pipeline(args.profile, weights=args.weights, device=state.device)
         summary = generate(pipe, args.method, records, seeds, args.out, profile=args.profile, options=options, state=state)
     except (ValueError, WeightsNotFoundError, OutputFolderError, OutputLockedError) as error:

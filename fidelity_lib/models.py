@@ -162,6 +162,23 @@ def _missing_weights_message(repo_id: str, weights: str | os.PathLike | None, re
     )
 
 
+OPTIONAL_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")  # the book loads SD without them
+
+
+def _missing_components(folder: Path) -> list[str]:
+    """Component folders model_index.json lists that the weights folder lacks (e.g. an interrupted download)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return [f"a readable model_index.json ({type(error).__name__})"]
+    return [
+        f"{name}/"
+        for name, value in index.items()
+        if not name.startswith("_") and name not in OPTIONAL_COMPONENTS
+        and isinstance(value, list) and value[0] is not None and not (folder / name).is_dir()
+    ]
+
+
 def _load_paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> StableDiffusionPipeline:
     repo_id = SD14_REPO_ID
     source: str | os.PathLike = repo_id
@@ -171,6 +188,10 @@ def _load_paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) 
         folder = Path(weights).expanduser()
         if not (folder / "model_index.json").is_file():
             raise WeightsNotFoundError(_missing_weights_message(repo_id, folder, "no model_index.json there"))
+        missing = _missing_components(folder)
+        if missing:
+            reason = f"the folder is incomplete, it lacks {', '.join(missing)}"
+            raise WeightsNotFoundError(_missing_weights_message(repo_id, folder, reason))
         source = folder
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -181,7 +202,7 @@ def _load_paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) 
             local_files_only=True,
         )
     except (OSError, EnvironmentError, ValueError) as error:
-        raise WeightsNotFoundError(_missing_weights_message(repo_id, weights, type(error).__name__)) from error
+        raise WeightsNotFoundError(_missing_weights_message(repo_id, weights, f"{type(error).__name__}: {error}")) from error
     pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
     pipe.weights_id = str(source)
     return pipe

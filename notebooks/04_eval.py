@@ -46,6 +46,15 @@ original_counting = False  # True: the original scripts' counting (see fidelity_
 n_boot = 2000
 
 # %%
+from fidelity_lib.book import check_parameters
+
+check_parameters(
+    globals(), dataset=str, methods=list, profile=str, reports_dir=str, images_dir=(str, None), seeds=(str, int), limit=int,
+    steps=int, weights=(str, None), clip_weights=(str, None), blip_weights=(str, None),
+    detector_weights=(str, None), original_counting=bool, n_boot=int,
+)
+
+# %%
 import subprocess
 import sys
 from pathlib import Path
