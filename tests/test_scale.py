@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,24 +83,27 @@ def _finished(out: Path) -> bool:
 
 
 def test_sigkill_at_random_points_then_resume(tmp_path, reference):
+    """Ten SIGKILLs land while the job is unfinished; a job that completes between kills is checked and started over."""
     pipe = tiny_pipeline(seed=0)
     rng = random.Random(9)
-    kills_during_work = 0
-    for _ in range(60):
-        unfinished = not _finished(tmp_path)
-        process = _in_child(_generate_job, pipe, tmp_path)
+    out = tmp_path / "job"
+    kills_during_work, rounds = 0, 0
+    while kills_during_work < 10:
+        rounds += 1
+        assert rounds < 200, "the generator finished before any kill 200 times: is it still killable?"
+        if _finished(out):
+            _assert_same_job(out, reference)
+            shutil.rmtree(out)
+        process = _in_child(_generate_job, pipe, out)
         time.sleep(rng.uniform(0.0, 0.6))
         if process.is_alive():
             os.kill(process.pid, signal.SIGKILL)
-            kills_during_work += unfinished
+            kills_during_work += not _finished(out)
         process.join()
-        if kills_during_work == 10:
-            break
-    assert kills_during_work == 10
-    process = _in_child(_generate_job, pipe, tmp_path)
+    process = _in_child(_generate_job, pipe, out)
     process.join()
     assert process.exitcode == 0
-    _assert_same_job(tmp_path, reference)
+    _assert_same_job(out, reference)
 
 
 def test_resume_regenerates_a_truncated_image_and_keeps_one_manifest_line(tmp_path, reference):
