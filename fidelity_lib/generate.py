@@ -336,9 +336,15 @@ def work_items(records: Sequence[PromptRecord], seeds: Sequence[int], rank: int 
     return [(record, seed) for record in records for seed in seeds][rank::num_processes]
 
 
-def check_inputs(records: Sequence[PromptRecord], options: GenerationOptions) -> None:
+def prompts_that_fit(records: Sequence[PromptRecord], tokenizer) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """Split records into those whose prompt fits the text encoder's window and those that do not."""
+    fits = [len(tokenizer(record.prompt).input_ids) <= tokenizer.model_max_length for record in records]
+    return [r for r, ok in zip(records, fits) if ok], [r for r, ok in zip(records, fits) if not ok]
+
+
+def check_inputs(records: Sequence[PromptRecord], options: GenerationOptions, tokenizer=None) -> None:
     """Raise EmptyPromptError / PromptTooLongError / TokenIndexError before any image is generated."""
-    tokenizer = clip_tokenizer()
+    tokenizer = tokenizer or clip_tokenizer()
     for record in records:
         check_prompt(record.prompt)
         check_prompt_length(tokenizer, record.prompt)
@@ -448,15 +454,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
     parser.add_argument("--limit", type=_positive_int, help="only the first N prompts")
     parser.add_argument("--token-indices", type=_parse_indices, help="subject token indices for every prompt")
+    parser.add_argument(
+        "--skip-long-prompts",
+        action="store_true",
+        help="leave out prompts longer than the text encoder reads (e.g. the toy world's 14 tokens) before --limit",
+    )
     args = parser.parse_args(argv)
     state = process_state()
     try:
         seeds = parse_seeds(args.seeds)
-        records = load_prompts(args.prompts)[: args.limit]
+        records = load_prompts(args.prompts)
         options = GenerationOptions(steps=args.steps, token_indices=args.token_indices)
-        check_inputs(records, options)
+        check_inputs(records if args.skip_long_prompts else records[: args.limit], options)
         check_output(args.out)
         pipe = load_pipeline(args.profile, weights=args.weights, device=state.device)
+        if args.skip_long_prompts:
+            records, skipped = prompts_that_fit(records, pipe.tokenizer)
+            print(f"skipping {len(skipped)} prompts longer than {pipe.tokenizer.model_max_length - 2} tokens", file=sys.stderr)
+        records = records[: args.limit]
+        check_inputs(records, options, pipe.tokenizer)
         summary = generate(pipe, args.method, records, seeds, args.out, profile=args.profile, options=options, state=state)
     except (ValueError, WeightsNotFoundError, OutputFolderError, OutputLockedError) as error:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)

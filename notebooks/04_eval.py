@@ -104,7 +104,8 @@ def has_images() -> bool:
 if not has_images():
     for method in methods:
         command = [sys.executable, "-m", "fidelity_lib.generate", "--method", method, "--prompts", dataset, "--seeds", str(seeds),
-                   "--limit", str(limit), "--out", str(images), "--profile", profile, "--steps", str(steps)]
+                   "--limit", str(limit), "--out", str(images), "--profile", profile, "--steps", str(steps),
+                   "--skip-long-prompts"]
         command += ["--weights", str(weights)] if weights else []
         print(" ".join(command[1:]))
         subprocess.run(command, check=True)

@@ -137,3 +137,16 @@ def test_empty_prompt_and_bad_method(tmp_path, fake_method):
     with pytest.raises(KeyError, match="Unknown method"):
         generate(NoPipe(), "st-nope", RECORDS, [0], tmp_path, profile="tiny", progress=False)
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_prompts_that_fit_splits_on_the_text_encoder_window():
+    from fidelity_lib.datasets import load_prompts
+    from fidelity_lib.generate import prompts_that_fit
+    from fidelity_lib.models import clip_tokenizer
+
+    records = load_prompts("mscoco")[:10]
+    fit, skipped = prompts_that_fit(records, clip_tokenizer(model_max_length=16))
+    tokenizer = clip_tokenizer()
+    assert fit and skipped and len(fit) + len(skipped) == 10
+    assert all(len(tokenizer(r.prompt).input_ids) <= 16 for r in fit)
+    assert all(len(tokenizer(r.prompt).input_ids) > 16 for r in skipped)
