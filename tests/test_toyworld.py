@@ -1,0 +1,109 @@
+"""The toy world: scenes, COCO files, the exact detector, the shipped weights, the pipeline and the toy CLIP."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from fidelity_lib.models import clip_tokenizer
+from fidelity_lib.toyworld import ToyDetector, generate_scenes, object_present, toy_clip, toy_pipeline, weights_available, write_coco_dataset
+from fidelity_lib.toyworld.evaluate import ONE_OBJECT_PROMPTS, baseline_images, evaluate, parse_prompt, wilson_interval
+from fidelity_lib.toyworld.model import TOKENIZER_MAX_LENGTH, WEIGHTS_DIR, all_toy_captions, used_token_ids
+from fidelity_lib.toyworld.scenes import relation_between
+
+MIN_ONE_OBJECT_HITS = 10  # of 12 (3 prompts x 4 seeds); the shipped weights give 12
+MIN_CLIP_CORRECT = 34  # of 40 one-object scenes, 12 captions to choose from (chance ~3; the shipped CLIP gets 39)
+
+
+def test_detector_finds_every_object_of_generated_scenes():
+    detector = ToyDetector()
+    scenes = generate_scenes(400, seed=123)
+    for scene in scenes:
+        labels = sorted(d.label for d in detector.detect(scene.pil()))
+        assert labels == sorted(obj.name for obj in scene.objects), scene.caption
+    assert any(len(scene.objects) == 2 for scene in scenes) and any(len(scene.objects) == 3 for scene in scenes)
+
+
+def test_detector_boxes_and_name_matching():
+    scene = next(s for s in generate_scenes(50, seed=5) if len(s.objects) == 2)
+    detections = ToyDetector().detect(scene.pil())
+    for obj in scene.objects:
+        match = next(d for d in detections if d.label == obj.name)
+        assert match.box == tuple(float(v) for v in obj.drawn_box)
+        assert object_present(detections, obj.name) and object_present(detections, obj.shape)
+
+
+def test_captions_name_their_objects_and_relations():
+    for scene in generate_scenes(300, seed=7):
+        for obj in scene.objects:
+            assert obj.name in scene.caption
+        if len(scene.objects) == 2 and parse_prompt(scene.caption).relation:
+            first, second = scene.objects
+            assert parse_prompt(scene.caption).relation == relation_between(first.center, second.center)
+
+
+def test_coco_files_load_in_pycocotools(tmp_path):
+    instances_path, captions_path = write_coco_dataset(tmp_path, n_images=20, seed=0)
+    instances, captions = COCO(str(instances_path)), COCO(str(captions_path))
+    assert len(instances.getImgIds()) == 20 and len(captions.getAnnIds()) == 20
+    assert len(instances.getCatIds()) == 12
+    annotation = instances.loadAnns(instances.getAnnIds(imgIds=[1]))[0]
+    assert annotation["iscrowd"] == 0 and annotation["area"] > 0 and len(annotation["bbox"]) == 4
+    assert (tmp_path / "images" / instances.loadImgs([1])[0]["file_name"]).is_file()
+
+
+def test_toy_vocabulary_covers_every_caption():
+    tokenizer = clip_tokenizer(TOKENIZER_MAX_LENGTH)
+    used = set(used_token_ids())
+    for caption in all_toy_captions():
+        ids = tokenizer(caption)["input_ids"]
+        assert len(ids) <= TOKENIZER_MAX_LENGTH and set(ids) <= used, caption
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+
+
+def test_shipped_weights_match_their_checksums():
+    assert weights_available(), f"toy-world weights missing from {WEIGHTS_DIR}"
+    lines = (WEIGHTS_DIR / "SHA256SUMS").read_text().splitlines()
+    assert {line.split()[1] for line in lines} >= {"config.json", "vae.safetensors", "unet.safetensors", "text_encoder.safetensors"}
+    for line in lines:
+        digest, name = line.split()
+        assert hashlib.sha256((WEIGHTS_DIR / name).read_bytes()).hexdigest() == digest, name
+    assert sum((WEIGHTS_DIR / line.split()[1]).stat().st_size for line in lines) < 10_000_000
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return toy_pipeline()
+
+
+def test_toy_pipeline_is_deterministic_per_seed(pipe):
+    first = pipe("a red circle", num_inference_steps=5, generator=torch.Generator().manual_seed(3)).images[0]
+    second = pipe("a red circle", num_inference_steps=5, generator=torch.Generator().manual_seed(3)).images[0]
+    assert first.size == (32, 32)
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    assert pipe.weights_id.startswith("toyworld@")
+
+
+def test_baseline_draws_the_colour_of_one_object_prompts(pipe):
+    frame = evaluate(ONE_OBJECT_PROMPTS[:3], range(4), lambda prompt, seeds: baseline_images(pipe, prompt, seeds), "baseline")
+    print(f"one-object colour hits: {frame['all_colours'].sum()}/{len(frame)}")
+    assert frame["all_colours"].sum() >= MIN_ONE_OBJECT_HITS, frame
+
+
+def test_toy_clip_prefers_the_true_caption():
+    model, preprocess, tokenizer = toy_clip()
+    scenes = [s for s in generate_scenes(200, seed=11) if len(s.objects) == 1][:40]
+    captions = sorted({f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle")})
+    with torch.no_grad():
+        images = model.encode_image(torch.stack([preprocess(s.pil()) for s in scenes]))
+        texts = model.encode_text(tokenizer(captions))
+    best = (images @ texts.T).argmax(dim=1)
+    correct = sum(captions[i] == s.caption for i, s in zip(best.tolist(), scenes))
+    print(f"toy CLIP: {correct}/{len(scenes)}")
+    assert correct >= MIN_CLIP_CORRECT, correct
