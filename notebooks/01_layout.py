@@ -54,6 +54,7 @@ from fidelity_lib.layout import (
     gpt_examples, split_examples, train, write_layouts, write_synthetic_coco,
 )
 from fidelity_lib.layout.evaluate import LAYOUTS_DIR
+from fidelity_lib.report import Provenance, save_figure, save_table
 
 reports = Path(reports_dir)
 (reports / "tables").mkdir(parents=True, exist_ok=True)
@@ -101,8 +102,8 @@ history.tail()
 # %%
 table = evaluate_predictor(predictor, coco_val, gpt_val)
 table.insert(0, "profile", profile)
-table.to_csv(reports / "tables" / "layout_eval.csv", index=False)
-(reports / "tables" / "layout_eval.md").write_text(table.to_markdown(index=False, floatfmt=".3f") + f"\n\n{weights_line}\n")
+provenance = Provenance(profile=profile, weights=str(predictor.config.weights), notes=weights_line)
+save_table(table, "layout_eval", provenance, reports, "Layout predictor: held-out centre error and GPT relation agreement")
 table
 
 # %% [markdown]
@@ -113,7 +114,7 @@ table
 examples = [e for e in gpt_val if len(e.objects) >= 2][:4]
 layouts = {e.sentence: predictor.predict_objects(e.sentence, list(e.objects)) for e in examples}
 figure = draw_layouts(layouts, weights_line)
-figure.savefig(reports / "figures" / f"layout_gpt_{profile}.png", dpi=120)
+save_figure(figure, f"layout_gpt_{profile}", provenance, reports, "Predicted layouts for held-out GPT sentences")
 plt.show()
 
 # %% [markdown]

@@ -53,6 +53,7 @@ import fidelity_lib
 from fidelity_lib.datasets import AE_SETS, load_prompts
 from fidelity_lib.generate import GenerationOptions, generate, parse_seeds, read_manifest
 from fidelity_lib.models import load_pipeline, resolve_profile
+from fidelity_lib.report import Provenance, save_figure
 
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir  # relative paths mean the same folder whatever the working directory
@@ -125,9 +126,8 @@ for row, record in enumerate(shown_records):
 caption = f"Plain SD vs Attend-and-Excite, {steps} steps - profile {profile} ({resolved}), weights {pipe.weights_id}"
 fig.suptitle(caption, fontsize=9)
 fig.tight_layout()
-figures = reports / "figures"
-figures.mkdir(parents=True, exist_ok=True)
-fig.savefig(figures / "02_generate_ae_grid.png", dpi=120)
+provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=",".join(map(str, shown_seeds)), notes=f"{steps} steps")
+save_figure(fig, "02_generate_ae_grid", provenance, reports, "Plain SD vs Attend-and-Excite on the A&E sets")
 print(caption)
 
 # %% [markdown]
@@ -176,7 +176,8 @@ for row, (record, seed) in enumerate(shown):
 caption = f"Plain SD vs spatial-temporal control vs ST + A&E, {st_options.steps} steps - profile {profile} ({resolved})"
 fig.suptitle(caption, fontsize=9)
 fig.tight_layout()
-fig.savefig(figures / "02_generate_st_grid.png", dpi=120)
+st_provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=",".join(map(str, st_seeds)), notes=f"{st_options.steps} steps")
+save_figure(fig, "02_generate_st_grid", st_provenance, reports, "Plain SD vs spatial-temporal control vs ST + A&E, with regions")
 print(caption)
 
 # %% [markdown]
@@ -195,4 +196,4 @@ for axis, (record, seed) in zip(axes[0], shown):
     axis.set_title(textwrap.fill(record.prompt, 40), fontsize=7)
     axis.legend(fontsize=7)
 fig.tight_layout()
-fig.savefig(figures / "02_generate_st_weights.png", dpi=120)
+save_figure(fig, "02_generate_st_weights", st_provenance, reports, "Spatial-temporal weights over the steps")
