@@ -46,7 +46,7 @@ from fidelity_lib.attend_excite import (
     check_prompt_length,
     check_token_indices,
 )
-from fidelity_lib.datasets import PromptRecord, load_prompts, prompt_folder_name
+from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
 from fidelity_lib.models import PROFILES, WeightsNotFoundError, clip_tokenizer, load_pipeline
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -457,20 +457,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-long-prompts",
         action="store_true",
-        help="leave out prompts longer than the text encoder reads (e.g. the toy world's 14 tokens) before --limit",
+        help="leave out prompts longer than the text encoder reads (e.g. the toy world's 14 tokens) before --limit; "
+        "always on for the named prompt sets, whose prompts are fixed data",
     )
     args = parser.parse_args(argv)
     state = process_state()
     try:
         seeds = parse_seeds(args.seeds)
         records = load_prompts(args.prompts)
+        skip_long_prompts = args.skip_long_prompts or args.prompts in SET_NAMES
         options = GenerationOptions(steps=args.steps, token_indices=args.token_indices)
-        check_inputs(records if args.skip_long_prompts else records[: args.limit], options)
+        check_inputs(records if skip_long_prompts else records[: args.limit], options)
         check_output(args.out)
         pipe = load_pipeline(args.profile, weights=args.weights, device=state.device)
-        if args.skip_long_prompts:
+        if skip_long_prompts:
             records, skipped = prompts_that_fit(records, pipe.tokenizer)
-            print(f"skipping {len(skipped)} prompts longer than {pipe.tokenizer.model_max_length - 2} tokens", file=sys.stderr)
+            if skipped:
+                print(f"skipping {len(skipped)} prompts longer than the {pipe.tokenizer.model_max_length - 2} tokens this "
+                      f"text encoder reads", file=sys.stderr)
         records = records[: args.limit]
         check_inputs(records, options, pipe.tokenizer)
         summary = generate(pipe, args.method, records, seeds, args.out, profile=args.profile, options=options, state=state)

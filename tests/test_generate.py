@@ -150,3 +150,12 @@ def test_prompts_that_fit_splits_on_the_text_encoder_window():
     assert fit and skipped and len(fit) + len(skipped) == 10
     assert all(len(tokenizer(r.prompt).input_ids) <= 16 for r in fit)
     assert all(len(tokenizer(r.prompt).input_ids) > 16 for r in skipped)
+
+
+def test_named_sets_skip_prompts_the_toy_text_encoder_cannot_read(tmp_path, capsys):
+    from fidelity_lib.generate import main
+
+    assert main(["--method", "sd", "--prompts", "mscoco", "--seeds", "0", "--limit", "2", "--steps", "1",
+                 "--out", str(tmp_path), "--profile", "toy"]) == 0
+    assert "skipping 150 prompts longer than the 14 tokens" in capsys.readouterr().err
+    assert len(list(tmp_path.rglob("*.png"))) == 2
