@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import io
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ from fidelity_lib.attend_excite import (
     check_token_indices,
 )
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
+from fidelity_lib.files import atomic_write_bytes
 from fidelity_lib.models import PROFILES, WeightsNotFoundError, clip_tokenizer, load_pipeline
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -226,27 +228,16 @@ def merge_manifest(out: str | os.PathLike) -> list[dict]:
     parts = sorted(out.glob(PART_GLOB))
     records = [record for record in read_manifest(out) if (out / str(record.get("path"))).is_file()]
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
-    _replace_atomically(out / MANIFEST_NAME, lambda file: file.write(text.encode("utf-8")))
+    atomic_write_bytes(out / MANIFEST_NAME, text.encode("utf-8"))
     for part in parts:
         part.unlink(missing_ok=True)
     return records
 
 
-def _replace_atomically(path: Path, write: Callable) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _write_image_atomically(image: PIL.Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda file: image.save(file, format="PNG"))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _append_manifest_line(path: Path, record: dict) -> None:

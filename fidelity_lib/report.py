@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from fidelity_lib.files import atomic_write_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_TABLES = REPO_ROOT / "data" / "paper_tables.csv"
@@ -52,19 +52,6 @@ class Provenance:
         parts = [f"profile {self.profile}{smoke}", f"weights {self.weights}", f"seeds {self.seeds}", f"detector {self.detector}",
                  f"{self.date}", f"commit {self.commit}"]
         return "Provenance: " + "; ".join(parts) + (f". {self.notes}" if self.notes else "")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_benchmark_section(name: str, section: str, path: Path = BENCHMARKS) -> None:

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from fidelity_lib.report import atomic_write_bytes, build_report
+from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.report import build_report
 
 reports = Path(reports_dir)
 markdown, refused = build_report(reports)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from fidelity_lib.datasets import load_prompt_set
+from fidelity_lib.files import atomic_write_bytes
 from fidelity_lib.layout.data import LayoutExample
 from fidelity_lib.layout.extraction import record_mentions
 from fidelity_lib.layout.model import RELATION_AXES
@@ -70,10 +70,7 @@ def write_layouts(predictor: LayoutPredictor, set_name: str, weights: str, folde
         "layouts": layouts,
     }
     path = Path(folder) / f"{set_name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".json.tmp")
-    staging.write_text(json.dumps(content, indent=1), encoding="utf-8")
-    os.replace(staging, path)
+    atomic_write_bytes(path, json.dumps(content, indent=1).encode("utf-8"))
     return path
 
 

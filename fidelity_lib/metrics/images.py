@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, find_record, load_prompt_set, prompt_folder_name
+from fidelity_lib.files import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -182,13 +183,7 @@ class MetricResult:
 
 def write_json(data: dict, path: Path) -> Path:
     """Write ``data`` as the original scripts do (sort_keys, indent 4), atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, sort_keys=True, indent=4))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write_bytes(path, json.dumps(data, sort_keys=True, indent=4).encode())
     return path
 
 
