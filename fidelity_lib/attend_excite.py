@@ -9,7 +9,7 @@ stops right after the last cross-attention layer it reads, since nothing after i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -256,63 +256,252 @@ def attention_layers(pipe: StableDiffusionPipeline, height: int, width: int, att
 
 @dataclass
 class _Evaluation:
-    latents: torch.Tensor  # the leaf the maps were computed from
-    max_attention: torch.Tensor
-    loss: torch.Tensor
+    """One A&E forward over some batch rows: the leaf latents, each row's subject maxima and loss."""
+
+    rows: list[int]  # which images of the batch the leaf's rows are
+    latents: torch.Tensor
+    max_attention: list[torch.Tensor]
+    losses: torch.Tensor
+    _gradient: torch.Tensor | None = None
+
+    def gradient(self) -> torch.Tensor:
+        """dL_b/dz_b for every row at once (the rows are independent, so the gradient of the sum is per image)."""
+        if self._gradient is None:
+            (self._gradient,) = torch.autograd.grad(self.losses.sum(), self.latents)
+        return self._gradient
 
 
-class _Exciter:
-    """The A&E forward (conditional branch, batch 1) and the latent update, with the attention store it reads."""
+@dataclass
+class GuidedStep:
+    """What one guided step did to each image of the batch."""
 
-    def __init__(self, pipe, store, prompt_embeds, token_indices, end, kernel):
-        self.pipe, self.store = pipe, store
-        self.prompt_embeds, self.token_indices, self.end, self.kernel = prompt_embeds, token_indices, end, kernel
+    latents: torch.Tensor  # the latents the step's CFG forward runs on
+    losses: list[float]  # per image, at the step's first forward
+    max_attention: list[list[float]]  # per image, per subject token, at the first forward
+    refinement_iterations: list[int | None]  # per image: iterations run (None: no refinement at this step)
 
-    def evaluate(self, latents: torch.Tensor, t: torch.Tensor, step: int) -> _Evaluation:
+
+class AttendExciteGuidance:
+    """Attend-and-Excite's latent update for a batch of images, one UNet call per forward for the whole batch.
+
+    Losses, step decisions, thresholds and refinement counts stay per image, so each image gets what a batch of
+    one would give (within float tolerance). Install ``store`` on ``layers`` (``attention_hook``) around the loop.
+    """
+
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        prompt_embeds: torch.Tensor,
+        token_indices: list[tuple[int, ...]],
+        ends: list[int | None],
+        config: AttendExciteConfig,
+        num_timesteps: int,
+        height: int,
+        width: int,
+    ) -> None:
+        if not len(prompt_embeds) == len(token_indices) == len(ends):
+            raise ValueError(f"{len(prompt_embeds)} embeddings, {len(token_indices)} index tuples and {len(ends)} ends.")
+        self.pipe, self.config = pipe, config
+        self.prompt_embeds, self.token_indices, self.ends = prompt_embeds, token_indices, ends
+        self.layers = attention_layers(pipe, height, width, config.attention_res)
+        self.store = AttentionStore(keep_graph=True, stop_after=[layer.name for layer in self.layers])
+        self.store.active = False
+        device = prompt_embeds.device
+        self.kernel = gaussian_kernel(config.kernel_size, config.sigma).to(device) if config.smooth_attentions else None
+        self.step_sizes = config.step_sizes(num_timesteps)
+
+    def applies(self, step: int) -> bool:
+        return step < self.config.max_iter_to_alter or step in self.config.thresholds
+
+    def evaluate(self, latents: torch.Tensor, t: torch.Tensor, step: int, rows: list[int]) -> _Evaluation:
+        """The A&E forward (conditional embeddings only) of the given batch rows, stopped after the last layer read."""
         latents = latents.clone().detach().requires_grad_(True)
         self.store.begin_forward(step)
         self.store.active = True
         try:
-            self.pipe.unet(latents, t, encoder_hidden_states=self.prompt_embeds)
+            self.pipe.unet(latents, t, encoder_hidden_states=self.prompt_embeds[rows])
         except ForwardComplete:  # the rest of the UNet does not reach the loss
             pass
         finally:
             self.store.active = False
-        attention = mean_attention(self.store.maps)
-        max_attention = subject_max_attention(attention, self.token_indices, self.end, self.kernel)
-        return _Evaluation(latents, max_attention, attend_excite_loss(max_attention))
+        maxima = [
+            subject_max_attention(mean_attention(self.store.maps, k), self.token_indices[row], self.ends[row], self.kernel)
+            for k, row in enumerate(rows)
+        ]
+        return _Evaluation(rows, latents, maxima, torch.stack([attend_excite_loss(m) for m in maxima]))
 
     @staticmethod
-    def update(evaluation: _Evaluation, step_size: float) -> torch.Tensor:
-        """z <- z - alpha_i * dL/dz with the raw gradient (pipeline_attend_and_excite.py L256-261)."""
-        (gradient,) = torch.autograd.grad(evaluation.loss, evaluation.latents)
-        return (evaluation.latents - step_size * gradient).detach()
+    def moved(evaluation: _Evaluation, step_size: float, which: torch.Tensor) -> torch.Tensor:
+        """z <- z - alpha_i * dL/dz with the raw gradient on the ``which`` rows (pipeline_attend_and_excite.py L256-261)."""
+        latents = evaluation.latents.detach()
+        if not which.any():
+            return latents
+        return torch.where(which.view(-1, 1, 1, 1), latents - step_size * evaluation.gradient(), latents)
 
-    def refine(self, current: _Evaluation, t, step: int, threshold: float, step_size: float, max_steps: int):
-        """Iterative refinement (L263-343) without its repeated and unused forwards; returns (evaluation, iterations).
+    def refine(self, first: _Evaluation, t, step: int, threshold: float, step_size: float):
+        """Iterative refinement (L263-343) of the rows above the target, each until its own stop.
 
-        As in the official loop, the stopping test reads the loss of the latent before the latest update, and the
-        returned evaluation is of the final latent (the official re-evaluation forward).
+        As in the official loop, an image's stopping test reads its loss before its latest update, and its result
+        is the evaluation of its final latent. Returns the final evaluation of each row and its iteration count.
         """
         target = max(0.0, 1.0 - threshold)
-        iterations = 0
-        tested_loss = current.loss
-        while tested_loss > target:
-            iterations += 1
-            tested_loss = current.loss
-            latents = self.update(current, step_size) if current.loss != 0 else current.latents
-            current = self.evaluate(latents, t, step)
-            if iterations >= max_steps:
-                break
-        return current, iterations
+        final = {row: (first, k) for k, row in enumerate(first.rows)}  # row -> (evaluation, its position there)
+        iterations = {row: 0 for row in first.rows}
+        tested = dict(zip(first.rows, first.losses.detach().tolist()))
+        active = [row for row in first.rows if tested[row] > target]
+        current = first
+        while active:
+            positions = [current.rows.index(row) for row in active]
+            current_losses = current.losses.detach().tolist()
+            for row, k in zip(active, positions):
+                iterations[row] += 1
+                tested[row] = current_losses[k]
+            which = torch.tensor([row in active and current_losses[k] != 0 for k, row in enumerate(current.rows)])
+            latents = self.moved(current, step_size, which.to(current.latents.device))[positions]
+            current = self.evaluate(latents, t, step, active)
+            for k, row in enumerate(active):
+                final[row] = (current, k)
+            active = [row for row in active if tested[row] > target and iterations[row] < self.config.max_refinement_steps]
+        return final, iterations
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int) -> GuidedStep:
+        """A&E at one step for every image: evaluate, refine at a threshold step, then the gradient step."""
+        config = self.config
+        rows = list(range(len(latents)))
+        with torch.enable_grad():
+            first = self.evaluate(latents, t, step, rows)
+            final = {row: (first, row) for row in rows}
+            iterations: dict[int, int] = {}
+            if step in config.thresholds and (first.losses > 1.0 - config.thresholds[step]).any():
+                final, iterations = self.refine(first, t, step, config.thresholds[step], self.step_sizes[step])
+                iterations = {row: count for row, count in iterations.items() if count > 0}
+            moved = []
+            alter = step < config.max_iter_to_alter
+            for evaluation in {id(e): e for e, _ in final.values()}.values():
+                values = evaluation.losses.detach().tolist()
+                which = torch.tensor([alter and final[row][0] is evaluation and values[k] != 0 for k, row in enumerate(evaluation.rows)])
+                moved.append((evaluation, self.moved(evaluation, self.step_sizes[step], which.to(latents.device))))
+            result = latents.detach().clone()
+            for evaluation, new in moved:
+                for k, row in enumerate(evaluation.rows):
+                    if final[row][0] is evaluation:
+                        result[row] = new[k]
+        return GuidedStep(
+            latents=result,
+            losses=first.losses.detach().tolist(),
+            max_attention=[m.detach().tolist() for m in first.max_attention],
+            refinement_iterations=[iterations.get(row) for row in rows],
+        )
 
 
 def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> np.ndarray:
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True])[0]
+    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(images, output_type="np", do_denormalize=[True] * len(images))
+
+
+def _prompt_subjects(tokenizer, prompt: str, token_indices) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Checked subject indices of one prompt (automatic when None) and their tokens."""
+    check_prompt(prompt)
+    check_prompt_length(tokenizer, prompt)
+    if token_indices is None:
+        token_indices = subject_token_indices(tokenizer, prompt)
+    token_indices = check_token_indices(tokenizer, prompt, token_indices)
+    return token_indices, tuple(prompt_tokens(tokenizer, prompt)[i] for i in token_indices)
 
 
 @torch.no_grad()
+def attend_and_excite_batch(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    token_indices: Sequence[tuple[int, ...] | list[int] | None] | None = None,
+    *,
+    seeds: Sequence[int],
+    config: AttendExciteConfig = AttendExciteConfig(),
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    baseline: bool = False,
+    step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> list[AttendExciteResult]:
+    """Generate one image per (prompt, seed, indices) with Attend-and-Excite, the whole batch through each UNet call.
+
+    ``baseline=True``: plain SD with the same seeds and sampler. ``step_callback(i, t, latents)`` sees the batch's
+    latents each guidance forward runs on (after that step's A&E update).
+    """
+    start = time.perf_counter()
+    prompts = list(prompts)
+    if not prompts or len(seeds) != len(prompts):
+        raise ValueError(f"Give one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds.")
+    token_indices = list(token_indices) if token_indices is not None else [None] * len(prompts)
+    if len(token_indices) != len(prompts):
+        raise ValueError(f"Give one token-index tuple (or None) per prompt: {len(prompts)} prompts, {len(token_indices)} tuples.")
+    tokenizer = pipe.tokenizer
+    subjects = [_prompt_subjects(tokenizer, prompt, indices) for prompt, indices in zip(prompts, token_indices)]
+    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    check_image_size(height, width)
+    normalize_eot = config.normalize_eot if config.normalize_eot is not None else uses_sd2_tokenizer(tokenizer)
+    device = pipe._execution_device
+    do_cfg = guidance_scale > 1.0
+    batch = len(prompts)
+
+    # 1. Encode the prompts (the A&E forward uses the conditional embeddings alone)
+    prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(prompts, device, 1, do_cfg)
+    cfg_embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+
+    # 2. Timesteps, initial noise (one CPU generator per image, as the pipeline with a list of generators)
+    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = pipe.scheduler.timesteps
+    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+    latents = pipe.prepare_latents(batch, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generators)
+    extra_step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
+
+    # 3. Denoising loop: the A&E update on the guided steps, then the usual CFG step
+    ends = [eot_index(tokenizer, prompt) if normalize_eot else None for prompt in prompts]
+    guidance = AttendExciteGuidance(
+        pipe, prompt_embeds, [indices for indices, _ in subjects], ends, config, len(timesteps), height, width
+    )
+    guided_steps, history = [], []
+    with attention_hook(pipe.unet, guidance.layers, guidance.store):
+        for i, t in enumerate(timesteps):
+            if not baseline and guidance.applies(i):
+                guided = guidance(latents, t, i)
+                latents = guided.latents
+                guided_steps.append(i)
+                history.append(guided)
+            if step_callback is not None:
+                step_callback(i, t, latents)
+            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+            latent_model_input = pipe.scheduler.scale_model_input(latent_model_input, t)
+            noise_pred = pipe.unet(latent_model_input, t, encoder_hidden_states=cfg_embeds).sample
+            if do_cfg:
+                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+            latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+
+    # 4. Decode
+    pixels = _decode(pipe, latents)
+    images = pipe.numpy_to_pil(pixels)
+    seconds = (time.perf_counter() - start) / batch
+    return [
+        AttendExciteResult(
+            image=images[b],
+            pixels=pixels[b],
+            token_indices=subjects[b][0],
+            tokens=subjects[b][1],
+            guided_steps=list(guided_steps),
+            losses=[step.losses[b] for step in history],
+            max_attention=[step.max_attention[b] for step in history],
+            refinement_iterations={
+                i: step.refinement_iterations[b] for i, step in zip(guided_steps, history) if step.refinement_iterations[b] is not None
+            },
+            seconds=seconds,
+        )
+        for b in range(batch)
+    ]
+
+
 def attend_and_excite(
     pipe: StableDiffusionPipeline,
     prompt: str,
@@ -327,84 +516,8 @@ def attend_and_excite(
     baseline: bool = False,
     step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> AttendExciteResult:
-    """Generate one image with Attend-and-Excite (``baseline=True``: plain SD with the same seed and sampler).
-
-    ``step_callback(i, t, latents)`` sees the latents each guidance forward runs on (after that step's A&E update).
-    """
-    start = time.perf_counter()
-    check_prompt(prompt)
-    tokenizer = pipe.tokenizer
-    check_prompt_length(tokenizer, prompt)
-    if token_indices is None:
-        token_indices = subject_token_indices(tokenizer, prompt)
-    token_indices = check_token_indices(tokenizer, prompt, token_indices)
-    tokens = tuple(prompt_tokens(tokenizer, prompt)[i] for i in token_indices)
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    check_image_size(height, width)
-    normalize_eot = config.normalize_eot if config.normalize_eot is not None else uses_sd2_tokenizer(tokenizer)
-    layers = attention_layers(pipe, height, width, config.attention_res)
-    device = pipe._execution_device
-    do_cfg = guidance_scale > 1.0
-
-    # 1. Encode the prompt (the A&E forward uses the conditional embedding alone)
-    prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(prompt, device, 1, do_cfg)
-    cfg_embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
-
-    # 2. Timesteps, initial noise (as pipe(..., generator=torch.Generator("cpu").manual_seed(seed))) and step sizes
-    pipe.scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-    generator = torch.Generator("cpu").manual_seed(seed)
-    latents = pipe.prepare_latents(
-        1, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator
-    )
-    extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
-    step_sizes = config.step_sizes(len(timesteps))
-
-    # 3. Denoising loop: the A&E forward and update on the guided steps, then the usual CFG step
-    store = AttentionStore(keep_graph=True, stop_after=[layer.name for layer in layers])
-    store.active = False
-    kernel = gaussian_kernel(config.kernel_size, config.sigma).to(device) if config.smooth_attentions else None
-    end = eot_index(tokenizer, prompt) if normalize_eot else None
-    exciter = _Exciter(pipe, store, prompt_embeds, token_indices, end, kernel)
-    guided_steps, losses, max_attention, refinement_iterations = [], [], [], {}
-    with attention_hook(pipe.unet, layers, store):
-        for i, t in enumerate(timesteps):
-            can_alter = i < config.max_iter_to_alter or i in config.thresholds
-            if not baseline and can_alter:
-                with torch.enable_grad():
-                    evaluation = exciter.evaluate(latents, t, i)
-                    guided_steps.append(i)
-                    losses.append(evaluation.loss.item())
-                    max_attention.append(evaluation.max_attention.tolist())
-                    if i in config.thresholds and evaluation.loss > 1.0 - config.thresholds[i]:
-                        evaluation, refinement_iterations[i] = exciter.refine(
-                            evaluation, t, i, config.thresholds[i], step_sizes[i], config.max_refinement_steps
-                        )
-                    latents = evaluation.latents.detach()
-                    if i < config.max_iter_to_alter and evaluation.loss != 0:
-                        latents = exciter.update(evaluation, step_sizes[i])
-
-            if step_callback is not None:
-                step_callback(i, t, latents)
-            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
-            latent_model_input = pipe.scheduler.scale_model_input(latent_model_input, t)
-            noise_pred = pipe.unet(latent_model_input, t, encoder_hidden_states=cfg_embeds).sample
-            if do_cfg:
-                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-            latents = pipe.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
-
-    # 4. Decode
-    pixels = _decode(pipe, latents)
-    return AttendExciteResult(
-        image=pipe.numpy_to_pil(pixels[None])[0],
-        pixels=pixels,
-        token_indices=token_indices,
-        tokens=tokens,
-        guided_steps=guided_steps,
-        losses=losses,
-        max_attention=max_attention,
-        refinement_iterations=refinement_iterations,
-        seconds=time.perf_counter() - start,
-    )
+    """Generate one image with Attend-and-Excite (``baseline=True``: plain SD with the same seed and sampler)."""
+    return attend_and_excite_batch(
+        pipe, [prompt], [token_indices], seeds=[seed], config=config, num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale, height=height, width=width, baseline=baseline, step_callback=step_callback,
+    )[0]

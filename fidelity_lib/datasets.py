@@ -3,6 +3,10 @@
 Set names used everywhere: ``ae_animal_animal``, ``ae_animal_object``, ``ae_object_object`` (Attend-and-Excite,
 276 prompts) and ``gpt``, ``mscoco``, ``vsr`` (spatial-temporal attention, 500 each). The files live in ``data/`` with
 their MIT licences. Object names follow the original evaluation scripts (``spatial_temporal.md`` section 3.2).
+
+Each paper set has a toy counterpart (``TOY_SETS``, ``toy_<name>``) generated from the toy world's caption grammar,
+with the same record fields; every toy record carries ``extra["split"]``, "dev" or "held_out" (``TOY_SPLIT_SEEDS``
+gives each split its seeds), so settings are tuned on one half of the prompts and seeds and reported on the other.
 """
 
 from __future__ import annotations
@@ -12,10 +16,28 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from fidelity_lib.toyworld.scenes import COLOURS, RELATION_FORMS, RELATIONS, SHAPES, parse_caption
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 AE_SETS = {"ae_animal_animal": "animal_animal", "ae_animal_object": "animal_object", "ae_object_object": "object_object"}
 ST_SETS = ("gpt", "mscoco", "vsr")
-SET_NAMES = (*AE_SETS, *ST_SETS)
+PAPER_SET_NAMES = (*AE_SETS, *ST_SETS)
+TOY_SETS = {  # toy set -> the paper set it stands for
+    "toy_ae_shape_shape": "ae_animal_animal",
+    "toy_ae_shape_object": "ae_animal_object",
+    "toy_ae_object_object": "ae_object_object",
+    "toy_gpt": "gpt",
+    "toy_mscoco": "mscoco",
+    "toy_vsr": "vsr",
+    "toy_one_object": None,  # a control: one object per prompt, where the toy world should not neglect
+}
+TOY_AE_SETS = ("toy_ae_shape_shape", "toy_ae_shape_object", "toy_ae_object_object")
+TOY_RELATION_SETS = ("toy_gpt", "toy_vsr")
+TOY_SPLIT_SEEDS = {"dev": range(0, 10_000), "held_out": range(100_000, 110_000)}  # disjoint seed ranges per split
+TOY_SET_SEED = 2023  # fixes which prompts each toy set samples and which half of them is held out
+SET_NAMES = (*PAPER_SET_NAMES, *TOY_SETS)
 AE_COLOURS = ("black", "blue", "brown", "gray", "green", "orange", "pink", "purple", "red", "white", "yellow")
 RELATION_WORDS = ("left of", "right of", "above", "below")
 
@@ -137,10 +159,66 @@ def _load_vsr() -> list[PromptRecord]:
     return records
 
 
+def toy_record(set_name: str, index: int, caption: str, split: str) -> PromptRecord:
+    """A toy caption as a record: objects, phrases, relation and the nouns as subject tokens, from the grammar."""
+    parsed = parse_caption(caption)
+    relations = ()
+    if parsed.relation is not None:
+        first, second = parsed.objects[:2]
+        relations = (Relation(first, parsed.relation.removeprefix("to the "), second),)
+    words = caption.replace(",", " ,").split()
+    return PromptRecord(
+        set_name, index, caption, parsed.objects, parsed.objects, relations,
+        tuple(mention.noun_index for mention in parsed.mentions), len(words) + 1, {"split": split},
+    )
+
+
+def _toy_captions(name: str) -> list[str]:
+    """Every caption of a toy set, in a fixed order (the relation and list sets are fixed random samples)."""
+    coloured = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    pairs = [(a, b) for a in coloured for b in coloured if a.split()[0] != b.split()[0]]
+    rng = np.random.default_rng(TOY_SET_SEED)
+    if name == "toy_one_object":
+        return [f"a {name}" for name in coloured + list(SHAPES)]
+    if name == "toy_ae_shape_shape":
+        return [f"a {a} {joiner} a {b}" for a in SHAPES for b in SHAPES if a != b for joiner in ("and", "with")]
+    if name == "toy_ae_shape_object":
+        shape_first = [f"a {a} and a {b}" for a in SHAPES for b in coloured if b.split()[1] != a]
+        return shape_first + [f"a {b} and a {a}" for a in SHAPES for b in coloured if b.split()[1] != a]
+    if name == "toy_ae_object_object":
+        return [f"a {a} and a {b}" for a, b in pairs]
+    if name in ("toy_gpt", "toy_vsr"):
+        forms = RELATION_FORMS if name == "toy_gpt" else RELATION_FORMS[1:2]  # VSR: "the A is <relation> the B"
+        every = [
+            form.format(a=f"a {a}", b=f"a {b}", the_a=f"the {a}", the_b=f"the {b}", relation=relation)
+            for a, b in pairs for relation in RELATIONS for form in forms
+        ]
+        return [every[i] for i in sorted(rng.choice(len(every), size=120, replace=False))]
+    lists = [f"a {a}, a {b} and a {c}" for a, b in pairs for c in coloured if c.split()[0] not in (a.split()[0], b.split()[0])]
+    chosen = [lists[i] for i in sorted(rng.choice(len(lists), size=60, replace=False))]
+    return chosen + [f"a {pairs[i][0]} and a {pairs[i][1]}" for i in sorted(rng.choice(len(pairs), size=60, replace=False))]
+
+
+def load_toy_set(name: str) -> list[PromptRecord]:
+    """A toy set's records; a fixed random half of the prompts is "held_out", the rest "dev"."""
+    captions = _toy_captions(name)
+    held_out = set(np.random.default_rng([TOY_SET_SEED, len(captions)]).permutation(len(captions))[: len(captions) // 2].tolist())
+    return [toy_record(name, i, caption, "held_out" if i in held_out else "dev") for i, caption in enumerate(captions)]
+
+
+def split_records(records: list[PromptRecord], split: str) -> list[PromptRecord]:
+    """The records of one split ("dev" or "held_out") of a toy set."""
+    if split not in TOY_SPLIT_SEEDS:
+        raise ValueError(f"Unknown split {split!r}: choose one of {', '.join(TOY_SPLIT_SEEDS)}.")
+    return [record for record in records if record.extra.get("split") == split]
+
+
 def load_prompt_set(name: str) -> list[PromptRecord]:
     """One of SET_NAMES, in the original order."""
     if name in AE_SETS:
         return _load_ae_set(name)
+    if name in TOY_SETS:
+        return load_toy_set(name)
     loaders = {"gpt": _load_gpt, "mscoco": _load_mscoco, "vsr": _load_vsr}
     if name not in loaders:
         raise UnknownPromptSetError(f"Unknown prompt set {name!r}: choose one of {', '.join(SET_NAMES)}, or pass a text file.")

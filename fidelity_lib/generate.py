@@ -15,7 +15,8 @@ image, sorted by method, prompt set, prompt index, seed). One run per output fol
 ``DIR/.generate.lock`` and a second run is refused.
 
 Methods are entries of ``METHODS`` (name -> function(pipe, record, seed, options) -> Generated); another method
-plugs in with ``@register_method("name")``.
+plugs in with ``@register_method("name")``. A method may also register a batched form in ``BATCHED_METHODS``
+(function(pipe, items, options) -> list[Generated]); ``--batch-size N`` then makes N images per call.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tqdm import tqdm
 
 from fidelity_lib.attend_excite import (
     AttendExciteConfig,
-    attend_and_excite,
+    attend_and_excite_batch,
     check_prompt,
     check_prompt_length,
     check_token_indices,
@@ -75,6 +76,8 @@ class GenerationOptions:
     steps: int = 50
     guidance_scale: float = 7.5
     token_indices: tuple[int, ...] | None = None  # overrides the prompt set's subject indices
+    batch_size: int = 1  # images per call of a method that has a batched form (BATCHED_METHODS)
+    ae_config: AttendExciteConfig = field(default_factory=AttendExciteConfig)  # the ae method's settings
 
 
 @dataclass
@@ -87,7 +90,9 @@ class Generated:
 
 
 Method = Callable[[StableDiffusionPipeline, PromptRecord, int, GenerationOptions], Generated]
+BatchedMethod = Callable[[StableDiffusionPipeline, Sequence[tuple[PromptRecord, int]], GenerationOptions], list[Generated]]
 METHODS: dict[str, Method] = {}
+BATCHED_METHODS: dict[str, BatchedMethod] = {}
 
 
 def register_method(name: str) -> Callable[[Method], Method]:
@@ -103,32 +108,47 @@ def register_method(name: str) -> Callable[[Method], Method]:
 @register_method("sd")
 def generate_sd(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
     """Plain Stable Diffusion through the pipeline itself."""
-    image = pipe(
-        record.prompt,
+    return generate_sd_batch(pipe, [(record, seed)], options)[0]
+
+
+def generate_sd_batch(pipe: StableDiffusionPipeline, items: Sequence[tuple[PromptRecord, int]], options: GenerationOptions) -> list[Generated]:
+    """Plain SD for several (prompt, seed) items in one pipeline call, one CPU generator per image."""
+    images = pipe(
+        [record.prompt for record, _ in items],
         num_inference_steps=options.steps,
         guidance_scale=options.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(seed),
-    ).images[0]
+        generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in items],
+    ).images
     config = {"num_inference_steps": options.steps, "guidance_scale": options.guidance_scale}
-    return Generated(image, config)
+    return [Generated(image, config) for image in images]
+
+
+BATCHED_METHODS["sd"] = generate_sd_batch
 
 
 @register_method("ae")
 def generate_ae(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
-    """Attend-and-Excite with the paper defaults; subjects from the options, the prompt set or the nouns."""
-    config = AttendExciteConfig()
-    indices = options.token_indices or record.subject_token_indices or None
-    result = attend_and_excite(
+    """Attend-and-Excite with ``options.ae_config`` (the paper's defaults unless told otherwise)."""
+    return generate_ae_batch(pipe, [(record, seed)], options)[0]
+
+
+def generate_ae_batch(pipe: StableDiffusionPipeline, items: Sequence[tuple[PromptRecord, int]], options: GenerationOptions) -> list[Generated]:
+    """A&E for several (prompt, seed) items in one batch; subjects from the options, the prompt set or the nouns."""
+    config = options.ae_config
+    results = attend_and_excite_batch(
         pipe,
-        record.prompt,
-        indices,
-        seed=seed,
+        [record.prompt for record, _ in items],
+        [options.token_indices or record.subject_token_indices or None for record, _ in items],
+        seeds=[seed for _, seed in items],
         config=config,
         num_inference_steps=options.steps,
         guidance_scale=options.guidance_scale,
     )
     settings = {"num_inference_steps": options.steps, "guidance_scale": options.guidance_scale, **asdict(config)}
-    return Generated(result.image, settings, result.manifest_extras())
+    return [Generated(result.image, settings, result.manifest_extras()) for result in results]
+
+
+BATCHED_METHODS["ae"] = generate_ae_batch
 
 
 def _generate_spacetime(pipe, record: PromptRecord, seed: int, options: GenerationOptions, method: str) -> Generated:
@@ -385,36 +405,46 @@ def generate(
 def _generate_share(pipe, method, records, seeds, out: Path, profile, options, progress, state) -> GenerationSummary:
     items = work_items(records, seeds, state.process_index, state.num_processes)
     done = {(line.get("method"), line.get("prompt"), line.get("seed")) for line in read_manifest(out)}
+    pending = [(r, s) for r, s in items if not ((method, r.prompt, s) in done and is_valid_image(image_path(out, method, r.prompt, s)))]
     part = manifest_part(out, state.process_index)
     start = time.perf_counter()
-    written = skipped = 0
-    for record, seed in tqdm(items, desc=method, unit="img", disable=not (progress and state.is_main_process)):
-        path = image_path(out, method, record.prompt, seed)
-        if (method, record.prompt, seed) in done and is_valid_image(path):
-            skipped += 1
-            continue
-        image_start = time.perf_counter()
-        generated = METHODS[method](pipe, record, seed, options)
-        seconds = time.perf_counter() - image_start
-        _write_image_atomically(generated.image, path)
-        _append_manifest_line(
-            part,
-            {
-                "prompt": record.prompt,
-                "set": record.set_name,
-                "index": record.index,
-                "seed": seed,
-                "method": method,
-                "path": str(path.relative_to(out)),
-                "profile": profile,
-                "weights": getattr(pipe, "weights_id", None),
-                "config": generated.config,
-                "seconds": round(seconds, 4),
-                "extras": generated.extras,
-            },
-        )
-        written += 1
-    return GenerationSummary(written, skipped, time.perf_counter() - start)
+    batch_size = options.batch_size if method in BATCHED_METHODS else 1
+    bar = tqdm(total=len(items), initial=len(items) - len(pending), desc=method, unit="img", disable=not (progress and state.is_main_process))
+    for first in range(0, len(pending), batch_size):
+        chunk = pending[first : first + batch_size]
+        batch_start = time.perf_counter()
+        if method in BATCHED_METHODS and batch_size > 1:
+            outputs = BATCHED_METHODS[method](pipe, chunk, options)
+        else:
+            outputs = [METHODS[method](pipe, record, seed, options) for record, seed in chunk]
+        seconds = (time.perf_counter() - batch_start) / len(chunk)
+        for (record, seed), generated in zip(chunk, outputs):
+            _write_image(out, part, method, record, seed, generated, profile, getattr(pipe, "weights_id", None), seconds)
+        bar.update(len(chunk))
+    bar.close()
+    return GenerationSummary(len(pending), len(items) - len(pending), time.perf_counter() - start)
+
+
+def _write_image(out: Path, part: Path, method: str, record: PromptRecord, seed: int, generated: Generated, profile, weights, seconds: float) -> None:
+    """The image, atomically, then its manifest line (so a listed image is always complete)."""
+    path = image_path(out, method, record.prompt, seed)
+    _write_image_atomically(generated.image, path)
+    _append_manifest_line(
+        part,
+        {
+            "prompt": record.prompt,
+            "set": record.set_name,
+            "index": record.index,
+            "seed": seed,
+            "method": method,
+            "path": str(path.relative_to(out)),
+            "profile": profile,
+            "weights": weights,
+            "config": generated.config,
+            "seconds": round(seconds, 4),
+            "extras": generated.extras,
+        },
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -445,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
     parser.add_argument("--limit", type=_positive_int, help="only the first N prompts")
     parser.add_argument("--token-indices", type=_parse_indices, help="subject token indices for every prompt")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="images per call for methods with a batched form (ae)")
     parser.add_argument(
         "--skip-long-prompts",
         action="store_true",
@@ -457,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
         records = load_prompts(args.prompts)
         skip_long_prompts = args.skip_long_prompts or args.prompts in SET_NAMES
-        options = GenerationOptions(steps=args.steps, token_indices=args.token_indices)
+        options = GenerationOptions(steps=args.steps, token_indices=args.token_indices, batch_size=args.batch_size)
         check_inputs(records if skip_long_prompts else records[: args.limit], options)
         check_output(args.out)
         pipe = load_pipeline(args.profile, weights=args.weights, device=state.device)

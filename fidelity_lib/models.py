@@ -197,7 +197,7 @@ def _load_paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) 
         pipe = StableDiffusionPipeline.from_pretrained(
             source,
             dtype=dtype,
-            safety_checker=None,
+            **{name: None for name in OPTIONAL_COMPONENTS},  # not loaded, so a folder may lack them
             requires_safety_checker=False,
             local_files_only=True,
         )
@@ -219,7 +219,7 @@ def resolve_profile(profile: str) -> str:
 
 def toy_weights_available() -> bool:
     try:
-        from fidelity_lib.toyworld import weights_available
+        from fidelity_lib.toyworld.model import weights_available
     except ImportError:
         return False
     return weights_available()
@@ -242,7 +242,7 @@ def load_pipeline(
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         pipe = _load_paper_pipeline(weights, dtype)
     elif resolved == "toy":
-        from fidelity_lib.toyworld import toy_pipeline
+        from fidelity_lib.toyworld.model import toy_pipeline
 
         pipe = toy_pipeline()
     else:

@@ -46,6 +46,11 @@ class Provenance:
     date: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     commit: str = field(default_factory=git_commit)
 
+    @classmethod
+    def from_record(cls, record: dict) -> Provenance:
+        """The provenance of a written provenance record (its ``title`` and ``line`` dropped)."""
+        return cls(**{key: record[key] for key in cls.__dataclass_fields__ if key in record})
+
     def line(self) -> str:
         """One human-readable line, the caption every table and figure carries."""
         smoke = "" if self.profile == "paper" else " (smoke profile: not Stable Diffusion results)"

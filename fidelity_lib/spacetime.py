@@ -271,7 +271,7 @@ def load_spacetime_clip(profile: str = "smoke", weights=None):
         )
         return model.eval(), preprocess, open_clip.get_tokenizer(PAPER_CLIP_ARCH)
     if resolved == "toy":
-        from fidelity_lib.toyworld import toy_clip
+        from fidelity_lib.toyworld.model import toy_clip
 
         return toy_clip()
     return tiny_clip()
@@ -385,37 +385,25 @@ def predict_layout(prompt: str, predictor: LayoutPredictor | None = None) -> lis
 class _Guidance:
     """Attend-and-Excite's latent update, applied as a constant shift so that W's gradient flows past it."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, prompt_embeds: torch.Tensor, num_timesteps: int, token_indices):
+    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, prompt_embeds: torch.Tensor, num_timesteps: int, token_indices, config=None):
         from fidelity_lib import attend_excite as ae
 
-        self.config = ae.AttendExciteConfig()
         height, width = (s * pipe.vae_scale_factor for s in _latent_size(pipe))
-        self.layers = ae.attention_layers(pipe, height, width, self.config.attention_res)
-        self.store = ae.AttentionStore(keep_graph=True, stop_after=[layer.name for layer in self.layers])
-        self.store.active = False
         if token_indices is None:
             token_indices = ae.subject_token_indices(pipe.tokenizer, prompt)
         token_indices = ae.check_token_indices(pipe.tokenizer, prompt, token_indices)
         end = ae.eot_index(pipe.tokenizer, prompt) if ae.uses_sd2_tokenizer(pipe.tokenizer) else None
-        kernel = ae.gaussian_kernel(self.config.kernel_size, self.config.sigma).to(prompt_embeds.device)
-        self.exciter = ae._Exciter(pipe, self.store, prompt_embeds, token_indices, end, kernel)
-        self.step_sizes = self.config.step_sizes(num_timesteps)
+        self.guidance = ae.AttendExciteGuidance(
+            pipe, prompt_embeds, [token_indices], [end], config or ae.AttendExciteConfig(), num_timesteps, height, width
+        )
+        self.layers, self.store = self.guidance.layers, self.guidance.store
 
     def applies(self, step: int) -> bool:
-        return step < self.config.max_iter_to_alter or step in self.config.thresholds
+        return self.guidance.applies(step)
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
         """A&E's latent for this step (pipeline_attend_and_excite.py L236-261), as latents + a shift without graph."""
-        config = self.config
-        with torch.enable_grad():
-            evaluation = self.exciter.evaluate(latents.detach(), t, step)
-            if step in config.thresholds and evaluation.loss > 1.0 - config.thresholds[step]:
-                evaluation, _ = self.exciter.refine(
-                    evaluation, t, step, config.thresholds[step], self.step_sizes[step], config.max_refinement_steps
-                )
-            moved = evaluation.latents.detach()
-            if step < config.max_iter_to_alter and evaluation.loss != 0:
-                moved = self.exciter.update(evaluation, self.step_sizes[step])
+        moved = self.guidance(latents.detach(), t, step).latents
         return latents + (moved - latents.detach())
 
 
@@ -493,12 +481,14 @@ def spacetime_generate(
     method: str = "st",
     predictor: LayoutPredictor | None = None,
     token_indices: Sequence[int] | None = None,
+    ae_config=None,
 ) -> SpaceTimeResult:
     """One image with spatial-temporal control (``method="st+ae"``: plus Attend-and-Excite guidance in the same run).
 
     ``layout`` None asks ``predictor`` (see predict_layout); ``clip_model`` is (model, preprocess, tokenizer) with
     open_clip's interface, None loads the pipeline profile's (load_spacetime_clip). ``token_indices`` are A&E's
-    subjects (st+ae; None: attend_excite.subject_token_indices). An empty layout gives plain SD with
+    subjects (st+ae; None: attend_excite.subject_token_indices) and ``ae_config`` its AttendExciteConfig (None: the
+    paper's defaults), the same object the ``ae`` method takes. An empty layout gives plain SD with
     ``fallback=True`` and a SpaceTimeFallbackWarning.
     """
     if method not in METHODS:
@@ -535,7 +525,7 @@ def spacetime_generate(
     optimizer = torch.optim.Adam([weights], lr=config.learning_rate)
 
     pipe.scheduler.set_timesteps(config.num_inference_steps, device=device)
-    guidance = _Guidance(pipe, prompt, prompt_embeds, len(pipe.scheduler.timesteps), token_indices) if method == "st+ae" else None
+    guidance = _Guidance(pipe, prompt, prompt_embeds, len(pipe.scheduler.timesteps), token_indices, ae_config) if method == "st+ae" else None
     hook = attention_hook(pipe.unet, guidance.layers, guidance.store) if guidance is not None else nullcontext()
     blocks = block_checkpointing(pipe.unet, config.block_checkpointing)
     with frozen(pipe.unet, pipe.vae, pipe.text_encoder, clip_model[0]), hook, blocks:

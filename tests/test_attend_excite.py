@@ -7,6 +7,7 @@ from fidelity_lib.attend_excite import (
     EmptyPromptError,
     TokenIndexError,
     attend_and_excite,
+    attend_and_excite_batch,
     attention_layers,
     check_token_indices,
     gaussian_kernel,
@@ -177,3 +178,39 @@ def test_parity_with_diffusers_attend_and_excite(tiny_pipe):
     assert ours.refinement_iterations == {0: 20}
     assert np.abs(ours.pixels - reference).max() <= 1e-3
     assert np.abs(baseline.pixels - reference).max() > 1e-3  # the updates did change the image
+
+
+def test_batched_attend_and_excite_matches_per_image_calls(tiny_pipe):
+    # Step 0's threshold (loss target 0.985) sits between the three images' first losses (~0.9854, ~0.9872, ~0.9842),
+    # so the batch holds images that refine a different number of times and one that does not refine at all.
+    prompts = ["a cat and a dog", "a red cat and a dog", "a cat with a blue dog"]
+    indices = [(2, 5), (3, 6), (2, 6)]
+    config = AttendExciteConfig(max_iter_to_alter=3, thresholds={0: 0.015}, max_refinement_steps=4, scale_factor=2000)
+    calls, handle = count_unet_forwards(tiny_pipe)
+    try:
+        batched = attend_and_excite_batch(tiny_pipe, prompts, indices, seeds=[0, 1, 2], config=config, num_inference_steps=4)
+    finally:
+        handle.remove()
+    single = [attend_and_excite(tiny_pipe, p, i, seed=s, config=config, num_inference_steps=4) for p, i, s in zip(prompts, indices, [0, 1, 2])]
+    refined = [result.refinement_iterations.get(0, 0) for result in single]
+    assert refined[2] == 0 and refined[0] > 0 and refined[1] > 0
+    for ours, reference in zip(batched, single):
+        assert ours.refinement_iterations == reference.refinement_iterations
+        assert np.abs(ours.pixels - reference.pixels).max() <= 1e-3
+        assert np.allclose(ours.losses, reference.losses, atol=1e-5)
+    # one A&E forward for the whole batch per guided step, one per refinement iteration for the images still refining
+    assert calls.count(3) == 3 and calls.count(6) == 5 and sum(1 for c in calls if c in (1, 2)) == max(refined)
+
+
+def test_batched_baseline_equals_the_pipeline_with_one_generator_per_image(tiny_pipe):
+    results = attend_and_excite_batch(tiny_pipe, [PROMPT, PROMPT], seeds=[3, 4], num_inference_steps=3, baseline=True)
+    for seed, result in zip([3, 4], results):
+        reference = tiny_pipe(PROMPT, num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+        assert np.abs(result.pixels - reference).max() <= 1e-5
+
+
+def test_batched_attend_and_excite_rejects_mismatched_inputs(tiny_pipe):
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        attend_and_excite_batch(tiny_pipe, [PROMPT, PROMPT], seeds=[0], num_inference_steps=1)
+    with pytest.raises(ValueError, match="one token-index tuple"):
+        attend_and_excite_batch(tiny_pipe, [PROMPT], [(2, 5), (2, 5)], seeds=[0], num_inference_steps=1)

@@ -4,8 +4,10 @@ import fcntl
 import json
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from fidelity_lib.attend_excite import (
     EmptyPromptError,
@@ -219,3 +221,17 @@ def test_papermill_run_with_a_wrong_parameter_stops_before_any_work(tmp_path):
             cwd=str(REPO / "notebooks"), progress_bar=False,
         )
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_folder_with_only_the_components_the_book_loads(tmp_path, tiny_pipe):
+    tiny_pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index |= {"feature_extractor": ["transformers", "CLIPImageProcessor"],
+              "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"]}  # listed, not downloaded
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert not (tmp_path / "feature_extractor").exists() and not (tmp_path / "safety_checker").exists()
+    pipe = load_pipeline("paper", weights=tmp_path, device="cpu")
+    assert pipe.feature_extractor is None and pipe.safety_checker is None
+    image = pipe("a cat and a dog", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    reference = tiny_pipe("a cat and a dog", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert np.abs(image - reference).max() <= 1e-5

@@ -1,14 +1,19 @@
 import pytest
 
 from fidelity_lib.datasets import (
-    SET_NAMES, Relation, UnknownPromptSetError, find_record, load_prompt_set, load_prompts, prompt_folder_name,
+    SET_NAMES, TOY_SETS, Relation, UnknownPromptSetError, find_record, load_prompt_set, load_prompts, prompt_folder_name,
+    split_records,
 )
+from fidelity_lib.toyworld.model import TOKENIZER_MAX_LENGTH, used_token_ids
 from fidelity_lib.models import clip_tokenizer
 
 # Counts from the original evaluation scripts (spatial_temporal.md sections 3-4, attend_and_excite.md section 4).
 EXPECTED = {  # set: (prompts, objects, relations)
     "ae_animal_animal": (66, 132, 0), "ae_animal_object": (144, 288, 0), "ae_object_object": (66, 132, 0),
     "gpt": (500, 1600, 950), "mscoco": (500, 809, 0), "vsr": (500, 1000, 500),
+    # the toy counterparts, from the toy grammar
+    "toy_ae_shape_shape": (12, 24, 0), "toy_ae_shape_object": (48, 96, 0), "toy_ae_object_object": (108, 216, 0),
+    "toy_gpt": (120, 240, 120), "toy_mscoco": (120, 300, 0), "toy_vsr": (120, 240, 120), "toy_one_object": (15, 15, 0),
 }
 
 
@@ -55,3 +60,26 @@ def test_bad_sources_say_what_to_do(tmp_path):
         load_prompts(tmp_path / "empty.txt")
     (tmp_path / "mine.txt").write_text("a cat and a dog\n\na red ball\n")
     assert [r.prompt for r in load_prompts(tmp_path / "mine.txt")] == ["a cat and a dog", "a red ball"]
+
+
+@pytest.mark.parametrize("name", TOY_SETS)
+def test_toy_sets_are_readable_split_in_half_and_name_their_subjects(name):
+    tokenizer = clip_tokenizer(TOKENIZER_MAX_LENGTH)
+    records = load_prompt_set(name)
+    dev, held_out = split_records(records, "dev"), split_records(records, "held_out")
+    assert len(dev) + len(held_out) == len(records) and abs(len(dev) - len(held_out)) <= 1
+    assert not {r.prompt for r in dev} & {r.prompt for r in held_out}
+    assert load_prompt_set(name) == records  # the same prompts and split every time
+    for record in records:
+        ids = tokenizer(record.prompt).input_ids
+        assert len(ids) <= TOKENIZER_MAX_LENGTH and set(ids) <= set(used_token_ids()), record.prompt
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        assert [tokens[i] for i in record.subject_token_indices] == [o.split()[-1] + "</w>" for o in record.objects]
+        assert record.eot_index == len(ids) - 1
+    if name in ("toy_gpt", "toy_vsr"):
+        assert all(len(r.relations) == 1 and r.relations[0].subject == r.objects[0] for r in records)
+
+
+def test_an_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="dev, held_out"):
+        split_records(load_prompt_set("toy_gpt"), "test")

@@ -149,13 +149,21 @@ def test_blip_similarity_mean_and_population_std(tmp_path, scorer):
     assert saved["captioner"] == captioner.name == result.aggregates["sd"]["captioner"]
 
 
-def test_tiny_blip_respects_the_generation_lengths():
+def test_blip_captioner_generates_with_lavis_settings_and_strips_the_prompt(monkeypatch):
     captioner = tiny_blip()
-    images = [Image.new("RGB", (40, 40), (200, 10, 10))] * 2
-    inputs = captioner.processor(images=images, text=["a picture of"] * 2, return_tensors="pt")
-    output = captioner.model.generate(**inputs, num_beams=3, max_length=30, min_length=10)
-    assert 10 <= output.shape[1] <= 30
-    assert len(captioner.caption(images)) == 2
+    seen = {}
+    tokenizer = captioner.processor.tokenizer
+    prompt_ids = tokenizer(["a picture of a cat"], return_tensors="pt").input_ids
+
+    def generate(**kwargs):
+        seen.update(kwargs)
+        return prompt_ids.repeat(len(kwargs["pixel_values"]), 1)
+
+    monkeypatch.setattr(captioner.model, "generate", generate)
+    captions = captioner.caption([Image.new("RGB", (40, 40), (200, 10, 10))] * 2)
+    assert captions == ["a cat", "a cat"]  # "a picture of " removed, as LAVIS does
+    assert {k: seen[k] for k in ("num_beams", "max_length", "min_length")} == {"num_beams": 3, "max_length": 30, "min_length": 10}
+    assert tokenizer.decode(seen["input_ids"][0], skip_special_tokens=True) == "a picture of"
 
 
 def test_paper_profile_never_downloads_and_says_what_to_fetch(tmp_path, monkeypatch):

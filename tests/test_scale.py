@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,6 +164,15 @@ def test_metrics_resume_from_their_per_image_cache(tmp_path, reference, monkeypa
     monkeypatch.setattr(scorer, "image_embeddings", lambda images: scored.append(len(images)) or original(images))
     second = clip_score(reference, PROMPTS, scorer=scorer, metrics_dir=tmp_path)
     assert scored == [2]  # only the two images whose rows were lost are scored again
-    columns = ["path", "full_text", "min_first_second"]
-    assert second.frame[columns].equals(first.frame[columns])
-    assert second.aggregates == first.aggregates
+    # The four cached rows come back bit for bit; the two rescored images ran in a batch of 2 instead of 6, whose
+    # float sums may differ in the last bits (and do under load), so they and the aggregates get a tolerance.
+    assert second.frame["path"].tolist() == first.frame["path"].tolist()
+    for column in ("full_text", "min_first_second"):
+        assert second.frame[column].iloc[:4].tolist() == first.frame[column].iloc[:4].tolist()
+        np.testing.assert_allclose(second.frame[column].to_numpy(), first.frame[column].to_numpy(), rtol=0, atol=1e-5)
+    assert second.aggregates.keys() == first.aggregates.keys()
+    for key, value in first.aggregates.items():
+        if isinstance(value, float):
+            assert abs(second.aggregates[key] - value) <= 1e-5, key
+        else:
+            assert second.aggregates[key] == value, key

@@ -2,12 +2,12 @@
 
 import os
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from fidelity_lib.attend_excite import AttendExciteConfig
 from fidelity_lib.attention import cross_attention_layers
 from fidelity_lib.layout.predictor import ObjectPlacement
 from fidelity_lib.spacetime import (
@@ -185,28 +185,51 @@ def test_checkpointed_memory_stays_flat_when_steps_double(tiny_pipe, clip):
     assert checkpointed[4] < 0.2 * full[4]
 
 
-def test_combined_mode_and_no_file_written_outside_the_output_folder(tiny_pipe, clip, tmp_path, monkeypatch):
-    writes = []
+WRITES: list[list[str]] = []  # the write log of the test that is watching, if any
 
-    def audit(event, args):
-        if event != "open":
-            return
-        mode, flags = args[1], args[2]
-        by_mode = isinstance(mode, str) and any(char in mode for char in "wax+")
-        by_flags = isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-        if by_mode or by_flags:
-            writes.append(args[0])
 
+def _audit_writes(event, args):
+    """One audit hook for the whole session (Python cannot remove audit hooks): logs opens for writing while watched."""
+    if event != "open" or not WRITES:
+        return
+    mode, flags = args[1], args[2]
+    by_mode = isinstance(mode, str) and any(char in mode for char in "wax+")
+    by_flags = isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+    if by_mode or by_flags:
+        WRITES[-1].append(args[0])
+
+
+sys.addaudithook(_audit_writes)
+
+
+@pytest.fixture
+def file_writes():
+    """The paths opened for writing while the test runs."""
+    WRITES.append([])
+    try:
+        yield WRITES[-1]
+    finally:
+        WRITES.pop()
+
+
+def test_combined_mode_and_no_file_written_outside_the_output_folder(tiny_pipe, clip, tmp_path, monkeypatch, file_writes):
     monkeypatch.chdir(tmp_path)
-    sys.addaudithook(audit)
     config = SpaceTimeConfig(num_inference_steps=3, passes=2)
     result = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=config, clip_model=clip, method="st+ae")
-    recorded = list(writes)
-    writes.clear()
-    assert recorded == [] and list(tmp_path.iterdir()) == []
+    assert file_writes == [] and list(tmp_path.iterdir()) == []
     assert result.method == "st+ae" and len(result.losses) == 2
-    st_only = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=replace(config, passes=1), clip_model=clip)
-    assert st_only.losses[0] != result.losses[0]  # same weights in the first pass: A&E moved the latents
+
+
+def test_st_plus_ae_is_st_moved_by_the_given_attend_and_excite(tiny_pipe, clip):
+    config = SpaceTimeConfig(num_inference_steps=3, passes=1)
+    st = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=config, clip_model=clip)
+    idle = AttendExciteConfig(max_iter_to_alter=0, thresholds={})
+    unmoved = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=config, clip_model=clip, method="st+ae", ae_config=idle)
+    strong = AttendExciteConfig(max_iter_to_alter=3, thresholds={}, scale_factor=2000)
+    moved = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=config, clip_model=clip, method="st+ae", ae_config=strong)
+    pixels = [np.asarray(r.image, dtype=np.float32) / 255 for r in (st, unmoved, moved)]
+    assert np.abs(pixels[1] - pixels[0]).max() <= 1 / 255  # an A&E that alters nothing leaves ST as it is
+    assert np.abs(pixels[2] - pixels[0]).max() > 0.02  # the A&E it is given moves the latents (0.047 here)
 
 
 def test_no_object_falls_back_to_plain_sd(tiny_pipe, clip):

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-from fidelity_lib.datasets import SET_NAMES, load_prompt_set
+from fidelity_lib.datasets import PAPER_SET_NAMES, load_prompt_set
 from fidelity_lib.metrics.clip_score import ClipScorer, load_clip
 from fidelity_lib.metrics.images import (
     MetricResult, cached_frame, collect_images, entry_row, iter_batches, problems_of, score_cache_path, write_json,
@@ -49,9 +49,10 @@ def strip_prompt(caption: str, prompt: str = CAPTION_PROMPT) -> str:
 class BlipCaptioner:
     """transformers BLIP captioning with the LAVIS base_coco generation settings."""
 
-    def __init__(self, model: BlipForConditionalGeneration, processor: BlipProcessor, name: str, device=None):
+    def __init__(self, model: BlipForConditionalGeneration, processor: BlipProcessor, name: str, device=None, generation: dict | None = None):
         self.device = torch.device(device) if device is not None else default_device()
         self.model, self.processor, self.name = model.to(self.device).eval(), processor, name
+        self.generation = GENERATION if generation is None else generation
 
     @torch.no_grad()
     def caption(self, images: list[Image.Image]) -> list[str]:
@@ -59,7 +60,7 @@ class BlipCaptioner:
         inputs = self.processor(images=images, text=[CAPTION_PROMPT.strip()] * len(images), return_tensors="pt")
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        output = self.model.generate(**inputs, **GENERATION)
+        output = self.model.generate(**inputs, **self.generation)
         return [strip_prompt(text) for text in self.processor.batch_decode(output, skip_special_tokens=True)]
 
 
@@ -92,7 +93,7 @@ def _tiny_vocab() -> Path:
     """A BERT vocabulary of the special tokens plus every word of the prompt sets, written once to the cache."""
     path = cache_dir() / "tiny_blip_vocab" / "vocab.txt"
     if not path.exists():
-        words = {word.strip(".,").lower() for name in SET_NAMES for record in load_prompt_set(name) for word in record.prompt.split()}
+        words = {word.strip(".,").lower() for name in PAPER_SET_NAMES for record in load_prompt_set(name) for word in record.prompt.split()}
         words |= set(CAPTION_PROMPT.split())
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join([*TINY_SPECIAL_TOKENS, *sorted(w for w in words if w)]) + "\n")
@@ -116,8 +117,14 @@ def tiny_blip(seed: int = 0, device=None) -> BlipCaptioner:
 
 
 def load_captioner(profile: str = "smoke", weights: str | os.PathLike | None = None, device=None) -> Captioner:
-    """paper: BLIP base captioner from a local folder or the HF cache (never downloads); otherwise the tiny random BLIP."""
-    if resolve_profile(profile) != "paper":
+    """paper: BLIP base captioner from a local folder or the HF cache (never downloads); toy: the toy world's trained
+    BLIP (an error if it is not shipped); tiny: a random BLIP."""
+    resolved = resolve_profile(profile)
+    if resolved == "toy":
+        from fidelity_lib.toyworld.captioner import toy_blip  # toyworld builds on this module
+
+        return toy_blip(device=device)
+    if resolved != "paper":
         return tiny_blip(device=device)
     source = str(Path(weights).expanduser()) if weights is not None else BLIP_REPO_ID
     try:

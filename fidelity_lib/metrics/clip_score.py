@@ -169,7 +169,7 @@ def load_clip(profile: str = "smoke", weights: str | os.PathLike | None = None) 
         return ClipModel(model.eval(), preprocess, open_clip.get_tokenizer(CLIP_ARCH), f"open_clip {CLIP_ARCH} openai ({checkpoint})")
     if resolved == "toy":
         try:
-            from fidelity_lib.toyworld import toy_clip
+            from fidelity_lib.toyworld.model import toy_clip
         except ImportError:
             return tiny_clip()
         model, preprocess, tokenizer = toy_clip()

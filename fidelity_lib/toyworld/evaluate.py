@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,51 +12,18 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fidelity_lib.attention import AttentionStore, attention_hook, cross_attention_layers
 from fidelity_lib.metrics.detection import Detection, relation_holds
-from fidelity_lib.toyworld.detector import ToyDetector
-from fidelity_lib.toyworld.scenes import COLOURS, RELATIONS, SHAPES
+from fidelity_lib.toyworld.detector import ToyDetector, colour_map, label_matches
+from fidelity_lib.toyworld.scenes import Mention, ToyCaption, parse_caption
 
 if TYPE_CHECKING:
-    from fidelity_lib.attend_excite import AttendExciteConfig
     from fidelity_lib.layout.predictor import ObjectPlacement
-    from fidelity_lib.spacetime import SpaceTimeConfig
 
 ONE_OBJECT_PROMPTS = (
     "a red circle", "a green triangle", "a blue square", "a yellow circle", "a red triangle", "a blue triangle",
 )
-TWO_OBJECT_PROMPTS = (
-    "a red circle and a blue square", "a green triangle and a yellow circle", "a blue circle and a red triangle",
-    "a yellow square and a green circle", "a red triangle and a green square", "a blue square and a yellow triangle",
-)
-RELATION_PROMPTS = (
-    "a red circle to the left of a blue square", "a green triangle above a yellow circle",
-    "a blue circle to the right of a red triangle", "a yellow square below a green circle",
-    "a red square above a green triangle", "a blue triangle to the left of a yellow square",
-)
-PROMPT_SETS = {"one-object": ONE_OBJECT_PROMPTS, "two-object": TWO_OBJECT_PROMPTS, "relation": RELATION_PROMPTS}
-OBJECT = rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
-PROMPT_FORM = re.compile(rf"^{OBJECT}(?: (and|with|{'|'.join(RELATIONS)}) {OBJECT})?$")
 SAMPLING = {"num_inference_steps": 25, "guidance_scale": 7.5}
-
-
-@dataclass(frozen=True)
-class ToyPrompt:
-    """A parsed toy prompt: its objects ("red circle", ...) and the relation of the first to the second, if any."""
-
-    text: str
-    objects: tuple[str, ...]
-    relation: str | None
-
-
-def parse_prompt(prompt: str) -> ToyPrompt:
-    """Objects and relation of a one- or two-object toy prompt."""
-    match = PROMPT_FORM.match(prompt)
-    if match is None:
-        raise ValueError(f"{prompt!r} is not a toy prompt like 'a red circle and a blue square'.")
-    colour_a, shape_a, joiner, colour_b, shape_b = match.groups()
-    objects = (f"{colour_a} {shape_a}",) + ((f"{colour_b} {shape_b}",) if joiner else ())
-    relation = joiner if joiner in RELATIONS else None
-    return ToyPrompt(prompt, objects, relation)
 
 
 def metric_relation(relation: str) -> str:
@@ -66,26 +31,27 @@ def metric_relation(relation: str) -> str:
     return relation.removeprefix("to the ")
 
 
-def largest_of_colour(detections: list[Detection], colour: str) -> Detection | None:
-    """The largest detection of a colour (the detector sorts by area)."""
-    return next((d for d in detections if d.label.split()[0] == colour), None)
+def find_mention(detections: list[Detection], mention: Mention) -> Detection | None:
+    """The largest detection of a mention: of its colour when the caption names one (exact), else of its shape."""
+    if mention.colour is not None:
+        return next((d for d in detections if d.label.split()[0] == mention.colour), None)
+    return next((d for d in detections if d.label.split()[1] == mention.shape), None)
 
 
-def score_image(detections: list[Detection], prompt: ToyPrompt) -> dict:
-    """Per image: each object's colour present, colour+shape present, all present, relation right (None if no relation)."""
-    colours = [name.split()[0] for name in prompt.objects]
-    found = [largest_of_colour(detections, colour) for colour in colours]
+def score_image(detections: list[Detection], caption: ToyCaption) -> dict:
+    """Per image: mentions present (colour, or shape when uncoloured), exact colour+shape, relation right (None if none)."""
+    found = [find_mention(detections, mention) for mention in caption.mentions]
     row = {
-        "colours_present": sum(d is not None for d in found),
-        "objects_present": sum(any(d.label == name for d in detections) for name in prompt.objects),
-        "n_objects": len(prompt.objects),
+        "present": sum(d is not None for d in found),
+        "objects_present": sum(any(label_matches(d.label, m.name) for d in detections) for m in caption.mentions),
+        "n_objects": len(caption.mentions),
     }
-    row["all_colours"] = row["colours_present"] == row["n_objects"]
+    row["all_present"] = row["present"] == row["n_objects"]
     row["all_objects"] = row["objects_present"] == row["n_objects"]
     row["first_present"] = found[0] is not None
-    row["second_present"] = found[-1] is not None if len(found) > 1 else None
-    if prompt.relation is not None:
-        row["relation_correct"] = row["all_colours"] and relation_holds(found[0], found[1], metric_relation(prompt.relation))
+    row["second_present"] = found[1] is not None if len(found) > 1 else None
+    if caption.relation is not None:
+        row["relation_correct"] = bool(found[0] and found[1] and relation_holds(found[0], found[1], metric_relation(caption.relation)))
     else:
         row["relation_correct"] = None
     return row
@@ -114,7 +80,7 @@ def evaluate(
     seeds = list(seeds)
     rows = []
     for prompt in tqdm(list(prompts), desc=method, leave=False):
-        parsed = parse_prompt(prompt)
+        parsed = parse_caption(prompt)
         for seed, image in zip(seeds, generate(prompt, seeds)):
             rows.append({"method": method, "prompt": prompt, "seed": seed} | score_image(detector.detect(image), parsed))
     return pd.DataFrame(rows)
@@ -151,37 +117,6 @@ def paired_difference(treated: pd.DataFrame, baseline: pd.DataFrame, column: str
     return {"metric": column, "n_pairs": len(differences), "difference": float(differences.mean()), "ci_low": float(low), "ci_high": float(high)}
 
 
-def toy_ae_config() -> AttendExciteConfig:
-    """A&E on the toy world: the 8x8 maps, the paper's step sizes, the first 12 of 25 steps altered (half, as 25 of 50).
-
-    Used with colours and nouns excited, the best of the settings tried (data/toyworld/README.md lists them all).
-    """
-    from fidelity_lib.attend_excite import AttendExciteConfig
-
-    return AttendExciteConfig(max_iter_to_alter=12, attention_res=8)
-
-
-def colour_and_noun_indices(pipe: StableDiffusionPipeline, prompt: str) -> tuple[int, ...]:
-    """Token positions of every colour word and shape noun of a toy prompt (each is one CLIP token)."""
-    tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(prompt).input_ids)
-    words = set(COLOURS) | set(SHAPES)
-    return tuple(i for i, token in enumerate(tokens) if token.removesuffix("</w>") in words)
-
-
-def ae_images(
-    pipe: StableDiffusionPipeline, prompt: str, seeds: Iterable[int], config: AttendExciteConfig | None = None, excite_colours: bool = False
-) -> list[Image.Image]:
-    """Attend-and-Excite samples (same sampler settings as ``baseline_images``); nouns, or colours and nouns, excited."""
-    from fidelity_lib.attend_excite import attend_and_excite
-
-    config = config if config is not None else toy_ae_config()
-    indices = colour_and_noun_indices(pipe, prompt) if excite_colours else None
-    return [
-        attend_and_excite(pipe, prompt, indices, seed=seed, config=config, **SAMPLING).image
-        for seed in tqdm(list(seeds), desc="A&E", leave=False)
-    ]
-
-
 RELATION_OFFSETS = {"to the left of": (-1, 0), "to the right of": (1, 0), "above": (0, -1), "below": (0, 1)}
 
 
@@ -189,48 +124,52 @@ def relation_layout(prompt: str, gap: float = 0.2) -> list[ObjectPlacement]:
     """The two objects 2 x ``gap`` apart along the prompt's relation (no relation stated: the first on the left)."""
     from fidelity_lib.layout.predictor import ObjectPlacement
 
-    parsed = parse_prompt(prompt)
-    if len(parsed.objects) != 2:
+    parsed = parse_caption(prompt)
+    if len(parsed.mentions) != 2:
         raise ValueError(f"{prompt!r} does not name two objects.")
     dx, dy = RELATION_OFFSETS[parsed.relation or "to the left of"]
-    first, second = parsed.objects
+    first, second = parsed.mentions
     return [
-        ObjectPlacement(first.split()[1], f"a {first}", 0.5 + dx * gap, 0.5 + dy * gap),
-        ObjectPlacement(second.split()[1], f"a {second}", 0.5 - dx * gap, 0.5 - dy * gap),
+        ObjectPlacement(first.shape, f"a {first.name}", 0.5 + dx * gap, 0.5 + dy * gap),
+        ObjectPlacement(second.shape, f"a {second.name}", 0.5 - dx * gap, 0.5 - dy * gap),
     ]
 
 
-def toy_st_config() -> SpaceTimeConfig:
-    """Spatial-temporal settings for the toy world: 25 steps, local texts without "a photo of" (not toy words)."""
-    from fidelity_lib.spacetime import SpaceTimeConfig
-
-    return SpaceTimeConfig(num_inference_steps=SAMPLING["num_inference_steps"], local_prompt="{}", local_clip_prompt="{}", clip_normalize=True)
-
-
-def st_images(
-    pipe: StableDiffusionPipeline, prompt: str, seeds: Iterable[int], clip_model, config: SpaceTimeConfig | None = None, method: str = "st"
-) -> list[Image.Image]:
-    """Spatial-temporal samples on the relation's layout (``method="st+ae"`` adds A&E guidance)."""
-    from fidelity_lib.spacetime import spacetime_generate
-
-    config = config if config is not None else toy_st_config()
-    layout = relation_layout(prompt)
-    return [
-        spacetime_generate(pipe, prompt, layout, seed=seed, config=config, clip_model=clip_model, method=method).image
-        for seed in tqdm(list(seeds), desc=method, leave=False)
-    ]
+def object_pixels(image: Image.Image, detection: Detection) -> np.ndarray:
+    """Boolean 32x32 mask of a detection's object: the non-background pixels inside its box."""
+    x0, y0, x1, y1 = (int(v) for v in detection.box)
+    mask = np.zeros(image.size[::-1], dtype=bool)
+    mask[y0:y1, x0:x1] = colour_map(np.asarray(image.convert("RGB")))[y0:y1, x0:x1] >= 0
+    return mask
 
 
-def token_attention(pipe: StableDiffusionPipeline, prompt: str, seed: int, resolution: int) -> pd.DataFrame:
-    """Per prompt token: mean and max over pixels of the conditional cross-attention at ``resolution`` (last step)."""
-    from fidelity_lib.attention import AttentionStore, attention_hook, cross_attention_layers, layers_at_resolution
+def attention_diagnostics(pipe: StableDiffusionPipeline, items: Sequence[tuple[str, int]], batch_size: int = 16) -> pd.DataFrame:
+    """Per (prompt, seed, noun, grid): the noun's max attention and the share of it inside its detected object's mask.
 
+    Baseline samples; the maps are the conditional branch's at the last step, averaged over heads and over the
+    layers of each grid (16x16, 8x8). Nouns whose object the detector does not find get no share (NaN).
+    """
     latent_size = (pipe.unet.config.sample_size,) * 2
-    layers = layers_at_resolution(cross_attention_layers(pipe.unet, latent_size), (resolution, resolution))
-    store = AttentionStore(branches="both", mean_heads=True)
-    with attention_hook(pipe.unet, layers, store):
-        pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), **SAMPLING)
-    conditional = torch.stack([maps[-1, 0] for maps in store.maps.values()]).mean(dim=0)  # [height, width, tokens]
-    tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(prompt, padding="max_length").input_ids)
-    flat = conditional.reshape(-1, conditional.shape[-1])
-    return pd.DataFrame({"token": tokens, "mean": flat.mean(dim=0).numpy(), "max": flat.max(dim=0).values.numpy()})
+    layers = cross_attention_layers(pipe.unet, latent_size)
+    detector, rows = ToyDetector(), []
+    for start in range(0, len(items), batch_size):
+        chunk = list(items[start : start + batch_size])
+        store = AttentionStore(branches="both", mean_heads=True)
+        with attention_hook(pipe.unet, layers, store):
+            images = pipe([p for p, _ in chunk], generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk], **SAMPLING).images
+        for row, ((prompt, seed), image) in enumerate(zip(chunk, images)):
+            detections = detector.detect(image)
+            for mention in parse_caption(prompt).mentions:
+                found = find_mention(detections, mention)
+                mask = object_pixels(image, found) if found is not None else None
+                for resolution in sorted({layer.resolution for layer in layers}, reverse=True):
+                    chosen = [store.maps[layer.name][len(chunk) + row, 0] for layer in layers if layer.resolution == resolution]
+                    noun = torch.stack(chosen).mean(dim=0)[:, :, mention.noun_index].numpy()  # [h, w]
+                    share = float("nan")
+                    if mask is not None:
+                        factor = mask.shape[0] // resolution[0]
+                        pooled = mask.reshape(resolution[0], factor, resolution[1], factor).mean(axis=(1, 3))
+                        share = float((pooled * noun).sum() / noun.sum())
+                    rows.append({"prompt": prompt, "seed": seed, "noun": mention.shape, "grid": f"{resolution[0]}x{resolution[1]}",
+                                 "max_attention": float(noun.max()), "share_in_mask": share, "found": found is not None})
+    return pd.DataFrame(rows)

@@ -19,13 +19,14 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from fidelity_lib.models import CLIP_VOCAB_SIZE, clip_tokenizer, pndm_scheduler
-from fidelity_lib.toyworld.scenes import COLOURS, IMAGE_SIZE, RELATIONS, SHAPES
+from fidelity_lib.toyworld.scenes import COLOURS, IMAGE_SIZE, RELATION_FORMS, RELATIONS, SHAPES
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "data" / "toyworld"
 TOKENIZER_MAX_LENGTH = 16  # the longest toy caption is 14 tokens with <sot> and <eot>
 TEXT_HIDDEN = 128
 WEIGHT_FILES = ("config.json", "vae.safetensors", "unet.safetensors", "text_encoder.safetensors")
 CLIP_FILES = ("clip_config.json", "clip.safetensors")
+BLIP_FILES = ("blip_config.json", "blip.safetensors")
 CLIP_CONTEXT_LENGTH = 16
 CLIP_EMBED_DIM = 64
 CLIP_VISION = {"image_size": IMAGE_SIZE, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32, "mlp_ratio": 4.0}
@@ -121,7 +122,7 @@ def training_noise_scheduler() -> DDPMScheduler:
 def toy_words() -> list[str]:
     """Every word and punctuation mark the toy captions use."""
     relation_words = [word for relation in RELATIONS for word in relation.split()]
-    return sorted(set(["a", "and", "with", ","] + list(COLOURS) + list(SHAPES) + relation_words))
+    return sorted(set(["a", "the", "is", "and", "with", ","] + list(COLOURS) + list(SHAPES) + relation_words))
 
 
 @lru_cache(maxsize=1)
@@ -187,7 +188,7 @@ def sha256_of(path: Path) -> str:
 
 def write_checksums(folder: Path = WEIGHTS_DIR) -> Path:
     """Write SHA256SUMS (sha256sum format) for every shipped file in ``folder``."""
-    names = [name for name in WEIGHT_FILES + CLIP_FILES if (folder / name).exists()]
+    names = [name for name in WEIGHT_FILES + CLIP_FILES + BLIP_FILES if (folder / name).exists()]
     lines = [f"{sha256_of(folder / name)}  {name}" for name in names]
     (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder / "SHA256SUMS"
@@ -265,7 +266,13 @@ def toy_clip(folder: str | Path = WEIGHTS_DIR) -> tuple[CLIP, object, SimpleToke
 
 
 def all_toy_captions() -> list[str]:
-    """Every one- and two-object caption form the toy world uses (used to check the tokenizer covers them)."""
-    names = [f"a {colour} {shape}" for colour, shape in product(COLOURS, SHAPES)]
-    joiners = ["and", "with"] + list(RELATIONS)
-    return names + [f"{a} {joiner} {b}" for a, b in product(names, names) for joiner in joiners if a != b]
+    """Every one- and two-object caption form of the toy grammar, and three-object lists (to check the tokenizer covers them)."""
+    coloured = [f"{colour} {shape}" for colour, shape in product(COLOURS, SHAPES)]
+    names = [f"a {name}" for name in coloured + list(SHAPES)]
+    pairs = [f"{a} {joiner} {b}" for a, b in product(names, names) for joiner in ("and", "with") if a != b]
+    relations = [
+        form.format(a=f"a {a}", b=f"a {b}", the_a=f"the {a}", the_b=f"the {b}", relation=relation)
+        for a, b in product(coloured, coloured) if a != b for relation in RELATIONS for form in RELATION_FORMS
+    ]
+    lists = [f"a {a}, a {b} and a {c}" for a, b, c in product(coloured[:6], coloured[6:], coloured[3:9])]
+    return names + pairs + relations + lists

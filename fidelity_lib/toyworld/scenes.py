@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,12 @@ PALETTE = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), 
 COLOURS = tuple(PALETTE)
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("to the left of", "to the right of", "above", "below")
-OBJECT_COUNT_PROBABILITIES = {1: 0.67, 2: 0.30, 3: 0.03}
+OBJECT_COUNT_PROBABILITIES = {1: 0.65, 2: 0.30, 3: 0.05}  # one-object scenes stay the majority, so neglect stays
 MIN_SIZE, MAX_SIZE, MARGIN = 8, 14, 2
-WITH_PROBABILITY = 0.1  # "a red circle with a blue square"
-RELATION_PROBABILITY = 0.25  # two-object scenes captioned with their spatial relation
+SHAPE_ONLY_PROBABILITY = 0.25  # "a circle": a mention without its colour (A&E's animal-animal / animal-object forms)
+WITH_PROBABILITY = 0.15  # "a red circle with a blue square"
+RELATION_PROBABILITY = 0.35  # two-object scenes whose relation is clear, captioned with it
+RELATION_FORMS = ("{a} {relation} {b}", "{the_a} is {relation} {the_b}", "{a} is {relation} {b}")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class ShapeObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A rendered scene: its image (H, W, 3 uint8), objects and caption."""
+    """A rendered scene: its image (H, W, 3 uint8), objects (in the caption's order) and caption."""
 
     image: np.ndarray
     objects: tuple[ShapeObject, ...]
@@ -57,6 +60,81 @@ class Scene:
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.image)
+
+    def object_masks(self, size: int) -> np.ndarray:
+        """Each object's drawn pixels area-averaged to a size x size grid: float32 [objects, size, size] in [0, 1]."""
+        masks = np.zeros((len(self.objects), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        for k, obj in enumerate(self.objects):
+            x0, y0, x1, y1 = obj.box
+            masks[k, y0:y1, x0:x1] = shape_mask(obj.shape, x1 - x0)
+        factor = IMAGE_SIZE // size
+        return masks.reshape(len(self.objects), size, factor, size, factor).mean(axis=(2, 4))
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One object named in a caption: its colour word (None: "a circle") and shape noun, with their token positions.
+
+    Positions count CLIP tokens with <|startoftext|> at 0; every toy word and the comma are one token each.
+    """
+
+    colour: str | None
+    shape: str
+    colour_index: int | None
+    noun_index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}" if self.colour else self.shape
+
+
+@dataclass(frozen=True)
+class ToyCaption:
+    """A parsed toy caption: its mentions in order and the relation of the first to the second (None if unstated)."""
+
+    text: str
+    mentions: tuple[Mention, ...]
+    relation: str | None
+
+    @property
+    def objects(self) -> tuple[str, ...]:
+        return tuple(mention.name for mention in self.mentions)
+
+
+_OBJECT = rf"(?:a|the) (?:({'|'.join(COLOURS)}) )?({'|'.join(SHAPES)})"
+_RELATION = "|".join(RELATIONS)
+CAPTION_FORMS = (
+    (re.compile(rf"^{_OBJECT}$"), None),
+    (re.compile(rf"^{_OBJECT} (?:and|with) {_OBJECT}$"), None),
+    (re.compile(rf"^{_OBJECT} (?:is )?({_RELATION}) {_OBJECT}$"), "relation"),
+    (re.compile(rf"^{_OBJECT}, {_OBJECT} and {_OBJECT}$"), None),
+)
+
+
+def caption_words(text: str) -> list[str]:
+    """The caption's words as the CLIP tokenizer splits them (the comma is a token of its own)."""
+    return text.replace(",", " ,").split()
+
+
+def parse_caption(text: str) -> ToyCaption:
+    """Mentions (with token positions) and relation of a caption in any of the toy grammar's forms."""
+    for pattern, kind in CAPTION_FORMS:
+        match = pattern.match(text)
+        if match is None:
+            continue
+        groups = list(match.groups())
+        relation = groups.pop(2) if kind == "relation" else None
+        words = caption_words(text)
+        mentions, position = [], 0
+        for colour, shape in zip(groups[0::2], groups[1::2]):
+            noun = words.index(shape, position)
+            mentions.append(Mention(colour, shape, noun if colour else None, noun + 1))  # +1: <|startoftext|>
+            position = noun + 1
+        return ToyCaption(text, tuple(mentions), relation)
+    raise ValueError(
+        f"{text!r} is not a toy caption. Toy captions look like 'a red circle', 'a circle and a blue square', "
+        "'the blue square is below the red circle' or 'a red circle, a blue square and a green triangle'."
+    )
 
 
 def shape_mask(shape: str, size: int) -> np.ndarray:
@@ -80,22 +158,37 @@ def relation_between(first: tuple[float, float], second: tuple[float, float]) ->
     return "above" if dy < 0 else "below"
 
 
-def with_article(name: str) -> str:
-    return f"a {name}"
+def mention_text(obj: ShapeObject, article: str, with_colour: bool) -> str:
+    return f"{article} {obj.colour} {obj.shape}" if with_colour else f"{article} {obj.shape}"
 
 
-def caption_for(objects: tuple[ShapeObject, ...], rng: np.random.Generator) -> str:
-    """A caption in the paper sets' forms: one object, "and"/"with" pairs, relations, or a list of three."""
-    names = [with_article(obj.name) for obj in objects]
+def caption_for(objects: tuple[ShapeObject, ...], rng: np.random.Generator) -> tuple[str, tuple[ShapeObject, ...]]:
+    """A caption in the paper sets' forms and the objects in the order it mentions them.
+
+    One object, "and"/"with" pairs (each mention with its colour or, with SHAPE_ONLY_PROBABILITY, without),
+    relation sentences in RELATION_FORMS (always coloured) and lists of three.
+    """
+    def coloured() -> bool:
+        return rng.random() >= SHAPE_ONLY_PROBABILITY
+
     if len(objects) == 1:
-        return names[0]
+        return mention_text(objects[0], "a", coloured()), objects
     if len(objects) == 3:
-        return f"{names[0]}, {names[1]} and {names[2]}"
+        names = [mention_text(obj, "a", True) for obj in objects]
+        return f"{names[0]}, {names[1]} and {names[2]}", objects
+    if rng.random() < 0.5:
+        objects = objects[::-1]
     first, second = objects
     if relation_is_clear(first, second) and rng.random() < RELATION_PROBABILITY:
-        return f"{names[0]} {relation_between(first.center, second.center)} {names[1]}"
+        form = RELATION_FORMS[int(rng.integers(len(RELATION_FORMS)))]
+        words = {"a": mention_text(first, "a", True), "b": mention_text(second, "a", True)}
+        words |= {"the_a": mention_text(first, "the", True), "the_b": mention_text(second, "the", True)}
+        return form.format(relation=relation_between(first.center, second.center), **words), objects
+    with_colour = [coloured(), coloured()]
+    if first.shape == second.shape:  # "a circle and a circle" would not say which is which
+        with_colour = [True, True]
     joiner = "with" if rng.random() < WITH_PROBABILITY else "and"
-    return f"{names[0]} {joiner} {names[1]}"
+    return f"{mention_text(first, 'a', with_colour[0])} {joiner} {mention_text(second, 'a', with_colour[1])}", objects
 
 
 def relation_is_clear(first: ShapeObject, second: ShapeObject) -> bool:
@@ -145,7 +238,8 @@ def random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
     objects = None
     while objects is None:
         objects = place_objects(count, rng)
-    return Scene(render(objects), objects, caption_for(objects, rng))
+    caption, mentioned = caption_for(objects, rng)
+    return Scene(render(mentioned), mentioned, caption)
 
 
 def generate_scenes(n_images: int, seed: int) -> list[Scene]:

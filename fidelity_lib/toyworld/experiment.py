@@ -1,0 +1,310 @@
+"""The toy world's measurements: method settings swept on the development split, and the headline on the held-out one.
+
+    python -m fidelity_lib.toyworld.experiment calibrate   # dev split: every candidate setting of A&E and ST
+    python -m fidelity_lib.toyworld.experiment headline    # held-out split: sd, ae, st, st+ae on every toy set
+
+Every image is scored by the exact detector as soon as it is made and appended to a JSON-lines cache (one line per
+set, method, setting, prompt and seed), so a killed run resumes where it stopped and loses at most one batch.
+The tables are written from the cache, with Wilson 95% intervals and paired-bootstrap 95% intervals against the
+baseline on the same (prompt, seed) pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch
+from fidelity_lib.datasets import TOY_SPLIT_SEEDS, PromptRecord, load_prompt_set, split_records
+from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.report import REPO_ROOT, Provenance
+from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate
+from fidelity_lib.toyworld.detector import ToyDetector
+from fidelity_lib.toyworld.evaluate import (
+    SAMPLING, attention_diagnostics, paired_difference, rate_table, relation_layout, score_image,
+)
+from fidelity_lib.toyworld.model import toy_clip, toy_pipeline
+from fidelity_lib.toyworld.scenes import parse_caption
+
+RESULTS_DIR = REPO_ROOT / "data" / "toyworld" / "results"
+CACHE_NAME = "rows.jsonl"
+TOY_NOTE = "toy-world numbers (coloured shapes, a 1.1M-parameter UNet): not Stable Diffusion results"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One method with one group of settings: ``name`` keys the cache, the configs say what ran."""
+
+    name: str
+    method: str  # sd, ae, st or st+ae
+    ae: AttendExciteConfig | None = None
+    excite: str = "nouns"  # which tokens A&E excites: "nouns" or "colours-and-nouns"
+    st: SpaceTimeConfig | None = None
+    layout_gap: float = 0.2  # ST: the two objects' centres are 2 x gap apart along the relation
+
+    def describe(self) -> dict:
+        return {"setting": self.name, "method": self.method, "excite": self.excite, "layout_gap": self.layout_gap,
+                "ae": json.dumps(asdict(self.ae), default=str) if self.ae else "", "st": json.dumps(asdict(self.st)) if self.st else ""}
+
+
+def pairs_for(set_name: str, split: str, n_pairs: int) -> list[tuple[PromptRecord, int]]:
+    """At least ``n_pairs`` (prompt, seed) pairs of a split: every prompt of the split, each with the split's first seeds."""
+    records = split_records(load_prompt_set(set_name), split)
+    seeds = list(TOY_SPLIT_SEEDS[split][: math.ceil(n_pairs / len(records))])
+    return [(record, seed) for seed in seeds for record in records]
+
+
+def subject_indices(record: PromptRecord, excite: str) -> tuple[int, ...]:
+    """The nouns (the records' subject tokens), or the colours and the nouns."""
+    if excite == "nouns":
+        return record.subject_token_indices
+    mentions = parse_caption(record.prompt).mentions
+    return tuple(sorted(i for m in mentions for i in (m.colour_index, m.noun_index) if i is not None))
+
+
+def make_images(pipe, setting: Setting, items: Sequence[tuple[PromptRecord, int]], clip_model) -> list:
+    """The images of a batch of (record, seed) items with one setting (sd and ae batched, st one by one)."""
+    prompts, seeds = [r.prompt for r, _ in items], [s for _, s in items]
+    if setting.method == "sd":
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        return pipe(prompts, generator=generators, **SAMPLING).images
+    if setting.method == "ae":
+        indices = [subject_indices(record, setting.excite) for record, _ in items]
+        return [r.image for r in attend_and_excite_batch(pipe, prompts, indices, seeds=seeds, config=setting.ae, **SAMPLING)]
+    return [
+        spacetime_generate(
+            pipe, record.prompt, relation_layout(record.prompt, setting.layout_gap), seed=seed, config=setting.st,
+            clip_model=clip_model, method=setting.method, token_indices=subject_indices(record, setting.excite), ae_config=setting.ae,
+        ).image
+        for record, seed in items
+    ]
+
+
+def read_cache(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: its image is made again
+            continue
+    return rows
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append JSON lines, first ending a line that a kill cut short (so a new row never joins a broken one)."""
+    cut = False
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            cut = handle.read(1) != b"\n"
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(("\n" if cut else "") + "".join(lines))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run(pipe, set_name: str, setting: Setting, items, cache: Path, clip_model, batch_size: int, weights: str) -> None:
+    """Make and score the items of one set and setting that the cache does not hold yet."""
+    done = {(r["set"], r["setting"], r["prompt"], r["seed"]) for r in read_cache(cache) if r.get("weights") == weights}
+    todo = [(record, seed) for record, seed in items if (set_name, setting.name, record.prompt, seed) not in done]
+    detector = ToyDetector()
+    step = batch_size if setting.method in ("sd", "ae") else 1
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{set_name} {setting.name}", unit="img") as bar:
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            began = time.perf_counter()
+            images = make_images(pipe, setting, chunk, clip_model)
+            seconds = (time.perf_counter() - began) / len(chunk)
+            lines = []
+            for (record, seed), image in zip(chunk, images):
+                scores = score_image(detector.detect(image), parse_caption(record.prompt))
+                row = {"set": set_name, "setting": setting.name, "method": setting.method, "prompt": record.prompt,
+                       "seed": seed, "split": record.extra["split"], "weights": weights, "seconds": round(seconds, 4)}
+                lines.append(json.dumps(row | scores) + "\n")
+            append_lines(cache, lines)
+            bar.update(len(chunk))
+
+
+METRICS = ("all_present", "relation_correct")
+
+
+def summarise(rows: pd.DataFrame, baseline_setting: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rates with Wilson intervals per set, setting and metric, and paired differences against ``baseline_setting``."""
+    rates, differences = [], []
+    for metric in METRICS:
+        rated = rows.dropna(subset=[metric])
+        if rated.empty:
+            continue
+        rates.append(rate_table(rated, metric, ["set", "setting", "method"]))
+        for (set_name, setting), group in rated.groupby(["set", "setting"], sort=False):
+            base = rated[(rated["set"] == set_name) & (rated["setting"] == baseline_setting)]
+            if setting == baseline_setting or base.empty:
+                continue
+            difference = paired_difference(group, base, metric)
+            differences.append({"set": set_name, "setting": setting, "method": group["method"].iloc[0]} | difference)
+    return pd.concat(rates, ignore_index=True), pd.DataFrame(differences)
+
+
+def write_results(name: str, table: pd.DataFrame, provenance: Provenance, folder: Path) -> Path:
+    """``folder/<name>.csv`` and its provenance record, atomically."""
+    path = folder / f"{name}.csv"
+    atomic_write_bytes(path, table.to_csv(index=False).encode())
+    record = asdict(provenance) | {"line": provenance.line()}
+    atomic_write_bytes(path.with_suffix(".provenance.json"), json.dumps(record, indent=2).encode())
+    return path
+
+
+@dataclass(frozen=True)
+class Job:
+    """One setting on one set with at least ``n_pairs`` (prompt, seed) pairs."""
+
+    set_name: str
+    setting: Setting
+    n_pairs: int
+
+
+@dataclass
+class Plan:
+    """Jobs in the order they run (cheap and most wanted first), all on one split."""
+
+    split: str
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def sets(self) -> list[str]:
+        return list(dict.fromkeys(job.set_name for job in self.jobs))
+
+
+def execute(plan: Plan, name: str, folder: Path, batch_size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run a plan (resumably) and write ``<name>_rates.csv``, ``<name>_paired.csv`` and ``<name>_settings.csv``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = toy_pipeline()
+    clip_model = toy_clip()
+    cache = folder / f"{name}_{CACHE_NAME}"
+    for job in plan.jobs:
+        items = pairs_for(job.set_name, plan.split, job.n_pairs)
+        run(pipe, job.set_name, job.setting, items, cache, clip_model, batch_size, pipe.weights_id)
+    return write_tables(plan, name, folder, pipe.weights_id)
+
+
+def write_tables(plan: Plan, name: str, folder: Path, weights: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rate, paired-difference and settings tables of everything the cache holds for this plan's split."""
+    cache = folder / f"{name}_{CACHE_NAME}"
+    rows = pd.DataFrame([r for r in read_cache(cache) if r.get("weights") == weights and r["split"] == plan.split])
+    rates, paired = summarise(rows, "sd")
+    seeds = TOY_SPLIT_SEEDS[plan.split]
+    counts = rows.groupby(["set", "setting"]).size()
+    provenance = Provenance(
+        profile="toy", weights=weights, seeds=f"{plan.split} split, seeds from {seeds.start}", detector=ToyDetector.name,
+        notes=f"{TOY_NOTE}; {counts.min()}-{counts.max()} (prompt, seed) pairs per set and setting",
+    )
+    settings = pd.DataFrame([job.setting.describe() for job in plan.jobs]).drop_duplicates("setting")
+    write_results(f"{name}_rates", rates, provenance, folder)
+    write_results(f"{name}_paired", paired, provenance, folder)
+    write_results(f"{name}_settings", settings, provenance, folder)
+    return rates, paired
+
+
+ATTENTION_SET = "toy_ae_object_object"
+ATTENTION_PAIRS = 216
+
+
+def write_attention_diagnostics(folder: Path, n_pairs: int, split: str = "held_out") -> pd.DataFrame:
+    """Noun attention of the baseline on held-out two-object pairs: per-image rows and a summary per grid."""
+    pipe = toy_pipeline()
+    items = [(record.prompt, seed) for record, seed in pairs_for(ATTENTION_SET, split, n_pairs)]
+    rows = attention_diagnostics(pipe, items)
+    summary = []
+    for grid, group in rows.groupby("grid", sort=False):
+        shares = group["share_in_mask"].dropna()
+        half = 1.96 * shares.std(ddof=1) / math.sqrt(len(shares))
+        summary.append({"set": ATTENTION_SET, "grid": grid, "n_nouns": len(group), "n_found": len(shares),
+                        "share_in_mask": shares.mean(), "ci_low": shares.mean() - half, "ci_high": shares.mean() + half,
+                        "max_attention": group["max_attention"].mean(), "uniform_max": 1 / pipe.tokenizer.model_max_length})
+    summary = pd.DataFrame(summary)
+    provenance = Provenance(
+        profile="toy", weights=pipe.weights_id, seeds=f"{split} split, seeds from {TOY_SPLIT_SEEDS[split].start}",
+        detector=ToyDetector.name,
+        notes=f"{TOY_NOTE}; baseline samples, last step, conditional branch, head and layer mean per grid; "
+              "share = noun attention inside the detected object's pixels / all its attention; 95% normal CI over nouns",
+    )
+    write_results("headline_attention", rows, provenance, folder)
+    write_results("headline_attention_summary", summary, provenance, folder)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fidelity_lib.toyworld.calibration import calibration_plan, headline_plan
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("calibrate", "headline"))
+    parser.add_argument("--pairs", type=int, help="(prompt, seed) pairs per set and setting (default: the plan's)")
+    parser.add_argument("--sets", help="comma-separated toy sets (default: every set the plan names)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    plan = calibration_plan() if args.what == "calibrate" else headline_plan()
+    if args.pairs:
+        plan.jobs = [Job(job.set_name, job.setting, args.pairs) for job in plan.jobs]
+    if args.sets:
+        unknown = set(args.sets.split(",")) - set(plan.sets)
+        if unknown:
+            parser.error(f"unknown sets {sorted(unknown)}: this plan has {', '.join(plan.sets)}")
+        plan.jobs = [job for job in plan.jobs if job.set_name in args.sets.split(",")]
+    rates, paired = execute(plan, args.what, args.out, args.batch_size)
+    if args.what == "headline":
+        print(write_attention_diagnostics(args.out, ATTENTION_PAIRS).to_string(index=False))
+    print(rates.to_string(index=False))
+    print(paired.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+class MissingResultsError(FileNotFoundError):
+    """A results table that the experiment has not written yet."""
+
+
+def read_results(name: str, folder: Path = RESULTS_DIR) -> tuple[pd.DataFrame, dict]:
+    """A results table written by this module and its provenance record."""
+    path = folder / f"{name}.csv"
+    provenance_path = path.with_suffix(".provenance.json")
+    if not path.exists() or not provenance_path.exists():
+        raise MissingResultsError(
+            f"{path} (or its provenance) is missing: run python -m fidelity_lib.toyworld.experiment "
+            f"{'headline' if name.startswith('headline') else 'calibrate'}"
+        )
+    return pd.read_csv(path), json.loads(provenance_path.read_text(encoding="utf-8"))
+
+
+METRIC_WORDS = {"all_present": "presence of every object", "relation_correct": "relation accuracy"}
+
+
+def verdict(row: dict) -> str:
+    """One measured sentence for a paired difference: which way it went and whether its 95% interval excludes zero."""
+    points = 100 * row["difference"]
+    interval = f"{points:+.1f} points [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}], n = {row['n_pairs']} pairs"
+    if row["ci_low"] > 0:
+        word = "raises"
+    elif row["ci_high"] < 0:
+        word = "lowers"
+    else:
+        return f"{row['method']} does not change {METRIC_WORDS[row['metric']]} on {row['set']} measurably ({interval})."
+    return f"{row['method']} {word} {METRIC_WORDS[row['metric']]} on {row['set']} ({interval}; the interval excludes zero)."

@@ -1,0 +1,76 @@
+"""The toy-world experiment: its pairs, its resumable cache, its tables and its sentences."""
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fidelity_lib.datasets import TOY_SPLIT_SEEDS
+from fidelity_lib.toyworld import experiment
+from fidelity_lib.toyworld.calibration import calibration_plan, headline_plan
+from fidelity_lib.toyworld.experiment import Setting, pairs_for, read_cache, subject_indices, summarise, verdict
+
+
+def test_pairs_cover_every_prompt_of_the_split_with_its_own_seeds():
+    pairs = pairs_for("toy_ae_object_object", "held_out", 600)
+    assert len(pairs) >= 600 and len(pairs) < 600 + 54
+    assert {record.extra["split"] for record, _ in pairs} == {"held_out"}
+    assert all(seed in TOY_SPLIT_SEEDS["held_out"] for _, seed in pairs)
+    dev_prompts = {record.prompt for record, _ in pairs_for("toy_ae_object_object", "dev", 54)}
+    assert not dev_prompts & {record.prompt for record, _ in pairs}
+
+
+def test_colours_and_nouns_are_the_mentions_tokens():
+    record = pairs_for("toy_ae_shape_object", "dev", 1)[0][0]  # e.g. "a circle and a red square"
+    both = subject_indices(record, "colours-and-nouns")
+    assert set(record.subject_token_indices) < set(both) and len(both) == len(record.subject_token_indices) + 1
+
+
+def test_plans_tune_on_dev_and_report_on_held_out_with_a_baseline_for_every_set():
+    calibration, headline = calibration_plan(), headline_plan()
+    assert calibration.split == "dev" and headline.split == "held_out"
+    for plan in (calibration, headline):
+        for name in plan.sets:
+            assert any(job.set_name == name and job.setting.method == "sd" for job in plan.jobs)
+    assert {job.setting.method for job in headline.jobs} == {"sd", "ae", "st", "st+ae"}
+    assert min(job.n_pairs for job in headline.jobs) >= 600
+
+
+def fake_rows(successes_sd: list[bool], successes_ae: list[bool]) -> pd.DataFrame:
+    rows = []
+    for setting, values in (("sd", successes_sd), ("ae-x", successes_ae)):
+        for seed, value in enumerate(values):
+            rows.append({"set": "toy_ae_object_object", "setting": setting, "method": setting.split("-")[0], "prompt": "p",
+                         "seed": seed, "all_present": value, "relation_correct": None})
+    return pd.DataFrame(rows)
+
+
+def test_summaries_pair_each_image_with_its_baseline_and_sentences_follow_the_interval():
+    rates, paired = summarise(fake_rows([False] * 50 + [True] * 50, [True] * 90 + [False] * 10), "sd")
+    assert set(rates["setting"]) == {"sd", "ae-x"} and (rates["metric"] == "all_present").all()
+    row = paired.iloc[0].to_dict()
+    assert row["n_pairs"] == 100 and row["difference"] == pytest.approx(0.4)
+    assert row["ci_low"] > 0 and "raises" in verdict(row) and "excludes zero" in verdict(row)
+    _, flat = summarise(fake_rows([True, False] * 50, [False, True] * 50), "sd")
+    assert "does not change" in verdict(flat.iloc[0].to_dict())
+
+
+def test_a_run_resumes_from_its_cache_and_redoes_only_what_a_kill_cut(tmp_path, monkeypatch):
+    made = []
+
+    def fake_images(pipe, setting, items, clip_model):
+        made.append(len(items))
+        return [Image.new("RGB", (32, 32), (210, 210, 210)) for _ in items]
+
+    monkeypatch.setattr(experiment, "make_images", fake_images)
+    cache = tmp_path / "rows.jsonl"
+    items = pairs_for("toy_ae_object_object", "dev", 54)[:5]
+    experiment.run(None, "toy_ae_object_object", Setting("sd", "sd"), items, cache, None, 2, "toyworld@x")
+    assert made == [2, 2, 1] and len(read_cache(cache)) == 5
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed while writing the fourth row
+    made.clear()
+    experiment.run(None, "toy_ae_object_object", Setting("sd", "sd"), items, cache, None, 2, "toyworld@x")
+    assert made == [2] and len(read_cache(cache)) == 5
+    assert json.loads(cache.read_text().splitlines()[-1])["all_present"] is False  # a blank image has no object
