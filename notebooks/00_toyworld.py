@@ -88,6 +88,16 @@ for scene in check_scenes[:6]:
     print("  ", scene.caption)
 
 # %% [markdown]
+# The metric models, measured on 500 held-out real scenes by `python -m fidelity_lib.toyworld.experiment metric-models`:
+# the detector, the toy CLIP (which one-object caption fits an image best) and the toy BLIP captioner, which the smoke
+# profile's BLIP text-text metric uses.
+
+# %%
+metric_models, metric_models_provenance = read_results("metric_models")
+print(metric_models_provenance["line"])
+metric_models.round(3)
+
+# %% [markdown]
 # ## The toy prompt sets
 # Each paper set has a toy counterpart with the same record fields (objects, relations, subject token indices). Half
 # of each set's prompts, and seeds from 0, form the development split on which the methods' settings were chosen;

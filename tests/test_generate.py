@@ -159,3 +159,28 @@ def test_named_sets_skip_prompts_the_toy_text_encoder_cannot_read(tmp_path, caps
                  "--out", str(tmp_path), "--profile", "toy"]) == 0
     assert "skipping 150 prompts longer than the 14 tokens" in capsys.readouterr().err
     assert len(list(tmp_path.rglob("*.png"))) == 2
+
+
+def test_batched_methods_write_what_one_image_per_call_writes(tmp_path, tiny_pipe):
+    import numpy as np
+    from fidelity_lib.attend_excite import AttendExciteConfig
+
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    config = AttendExciteConfig(max_iter_to_alter=2, thresholds={})
+    try:
+        for batch_size in (1, 3):
+            options = GenerationOptions(steps=2, batch_size=batch_size, ae_config=config)
+            for method in ("sd", "ae"):
+                generate(tiny_pipe, method, RECORDS, [0, 1], tmp_path / f"b{batch_size}", profile="tiny", options=options, progress=False)
+    finally:
+        handle.remove()
+    assert max(calls) == 6  # CFG forwards of three images at once (the fourth image runs alone)
+    for batch_size in (1, 3):
+        lines = read_manifest(tmp_path / f"b{batch_size}")
+        assert len(lines) == 8 and {line["config"]["max_iter_to_alter"] for line in lines if line["method"] == "ae"} == {2}
+    for method in ("sd", "ae"):
+        for record in RECORDS:
+            for seed in (0, 1):
+                one, three = (np.asarray(PIL.Image.open(image_path(tmp_path / f"b{b}", method, record.prompt, seed)), dtype=float) for b in (1, 3))
+                assert np.abs(one - three).max() <= 1  # at most one 8-bit level apart

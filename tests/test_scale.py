@@ -170,9 +170,16 @@ def test_metrics_resume_from_their_per_image_cache(tmp_path, reference, monkeypa
     for column in ("full_text", "min_first_second"):
         assert second.frame[column].iloc[:4].tolist() == first.frame[column].iloc[:4].tolist()
         np.testing.assert_allclose(second.frame[column].to_numpy(), first.frame[column].to_numpy(), rtol=0, atol=1e-5)
-    assert second.aggregates.keys() == first.aggregates.keys()
-    for key, value in first.aggregates.items():
-        if isinstance(value, float):
-            assert abs(second.aggregates[key] - value) <= 1e-5, key
-        else:
-            assert second.aggregates[key] == value, key
+    assert_close_nested(second.aggregates, first.aggregates, 1e-5)
+
+
+def assert_close_nested(actual, expected, tolerance: float, where: str = "aggregates") -> None:
+    """Equal structure and non-float values; floats within ``tolerance``."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key in expected:
+            assert_close_nested(actual[key], expected[key], tolerance, f"{where}[{key!r}]")
+    elif isinstance(expected, float):
+        assert abs(actual - expected) <= tolerance, where
+    else:
+        assert actual == expected, where

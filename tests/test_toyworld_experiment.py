@@ -74,3 +74,14 @@ def test_a_run_resumes_from_its_cache_and_redoes_only_what_a_kill_cut(tmp_path, 
     experiment.run(None, "toy_ae_object_object", Setting("sd", "sd"), items, cache, None, 2, "toyworld@x")
     assert made == [2] and len(read_cache(cache)) == 5
     assert json.loads(cache.read_text().splitlines()[-1])["all_present"] is False  # a blank image has no object
+
+
+def test_the_chosen_settings_are_the_dev_splits_best():
+    from fidelity_lib.toyworld.calibration import CHOSEN_AE, CHOSEN_ST, best_candidate
+    from fidelity_lib.toyworld.experiment import read_results
+
+    from fidelity_lib.toyworld.model import weights_id
+
+    paired, provenance = read_results("calibrate_paired")
+    assert provenance["seeds"].startswith("dev split") and provenance["weights"] == weights_id()
+    assert best_candidate(paired, "ae") == CHOSEN_AE and best_candidate(paired, "st") == CHOSEN_ST

@@ -7,6 +7,8 @@ in ``data/toyworld/results/calibrate_rates.csv`` and ``calibrate_paired.csv``, w
 
 from __future__ import annotations
 
+import pandas as pd
+
 from fidelity_lib.attend_excite import AttendExciteConfig
 from fidelity_lib.datasets import TOY_AE_SETS, TOY_RELATION_SETS
 from fidelity_lib.spacetime import SpaceTimeConfig
@@ -18,8 +20,11 @@ HALF = STEPS // 2  # the paper alters the first 25 of 50 steps
 
 
 def st_base(**changes) -> SpaceTimeConfig:
-    """ST on the toy world: its 25 steps, local texts without "a photo of" (not toy words), normalised CLIP input."""
-    return SpaceTimeConfig(num_inference_steps=STEPS, local_prompt="{}", local_clip_prompt="{}", clip_normalize=True, **changes)
+    """ST on the toy world: its 25 steps, local texts without "a photo of" (not toy words), normalised CLIP input, and
+    no checkpointing (the same numbers: a 32x32 image keeps every activation in a few MB)."""
+    return SpaceTimeConfig(
+        num_inference_steps=STEPS, local_prompt="{}", local_clip_prompt="{}", clip_normalize=True, checkpointing=False, **changes
+    )
 
 
 AE_CANDIDATES = {
@@ -28,6 +33,7 @@ AE_CANDIDATES = {
     # Half the steps, as the paper's 25 of 50, no refinement (the paper's thresholds assume SD's attention scale).
     "ae-16-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}), "nouns"),
     "ae-8-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8), "nouns"),
+    "ae-16-colours-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}), "colours-and-nouns"),
     "ae-8-colours-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8), "colours-and-nouns"),
     "ae-8-nouns-x2": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8, scale_factor=40.0), "nouns"),
     # Refinement with thresholds scaled to half the steps (step 0, 5, 10) and capped at 5 iterations.
@@ -39,11 +45,34 @@ AE_CANDIDATES = {
 ST_CANDIDATES = {
     "st-official": (st_base(), 0.2),
     "st-convex": (st_base(combination="convex"), 0.2),
-    "st-official-w2": (st_base(weight_init=2.0), 0.2),
     "st-official-1pass": (st_base(passes=1), 0.2),
 }
-CHOSEN_AE = "ae-8-nouns"
-CHOSEN_ST = "st-official"
+# Chosen by best_candidate on the dev split (tests/test_toyworld_experiment.py checks it against calibrate_paired.csv).
+# On these weights every A&E candidate lowered presence; the paper's settings lowered it least. st-official and
+# st-official-1pass gave the same outcome on every dev pair (the official Adam step moves W by ~0.01), at 1/9 the cost.
+CHOSEN_AE = "ae-paper"
+CHOSEN_ST = "st-official-1pass"
+
+
+SELECTION = {  # candidate family -> (dev set, metric it is chosen by)
+    "ae": ("toy_ae_object_object", "all_present"),
+    "st": ("toy_gpt", "relation_correct"),
+}
+
+
+def best_candidate(paired: pd.DataFrame, family: str) -> str:
+    """The rule CHOSEN_AE / CHOSEN_ST follow: the candidate with the largest dev paired difference over the baseline
+    on its family's set and metric (calibrate_paired.csv). A tie goes to the cheaper candidate (fewer ST passes),
+    then to the one listed first."""
+    set_name, metric = SELECTION[family]
+    candidates = AE_CANDIDATES if family == "ae" else ST_CANDIDATES
+    rows = paired[(paired["set"] == set_name) & (paired["metric"] == metric) & paired["setting"].isin(candidates)]
+    if rows.empty:
+        raise ValueError(f"No dev measurement of any {family} candidate on {set_name}: run the calibration first.")
+    order = {name: k for k, name in enumerate(candidates)}
+    cost = {name: getattr(candidates[name][0], "passes", 0) for name in candidates}
+    rows = rows.assign(order=rows["setting"].map(order), cost=rows["setting"].map(cost), difference=rows["difference"].round(9))
+    return str(rows.sort_values(["difference", "cost", "order"], ascending=[False, True, True])["setting"].iloc[0])
 
 
 def toy_ae_config() -> AttendExciteConfig:
@@ -88,10 +117,16 @@ def calibration_plan() -> Plan:
 
 
 def headline_plan(n_pairs: int = 600) -> Plan:
-    """Held-out split: sd, A&E, ST and ST+A&E with the chosen settings on the A&E and relation sets; cheap jobs first."""
-    sets = (*TOY_AE_SETS, TOY_RELATION_SETS[0])
-    jobs = [Job("toy_one_object", baseline(), n_pairs)]  # the control: one object, no neglect expected
-    jobs += [Job(name, setting, n_pairs) for setting in (baseline(), ae_setting(CHOSEN_AE)) for name in sets]
-    jobs += [Job(TOY_RELATION_SETS[0], st_setting(CHOSEN_ST, method), n_pairs) for method in ("st", "st+ae")]
-    jobs += [Job(name, st_setting(CHOSEN_ST, method), n_pairs) for method in ("st", "st+ae") for name in TOY_AE_SETS]
+    """Held-out split: sd, A&E, ST and ST+A&E with the chosen settings on the A&E and relation sets.
+
+    Order: every baseline, then each method on the set its paper claims it for (A&E: object-object; ST and ST+A&E:
+    the relation set), then the remaining sets, so an interrupted run has the main comparisons first.
+    """
+    relation, main_ae = TOY_RELATION_SETS[0], "toy_ae_object_object"
+    ae, st, st_ae = ae_setting(CHOSEN_AE), st_setting(CHOSEN_ST), st_setting(CHOSEN_ST, "st+ae")
+    jobs = [Job(name, baseline(), n_pairs) for name in ("toy_one_object", *TOY_AE_SETS, relation)]
+    jobs += [Job(relation, st, n_pairs), Job(main_ae, ae, n_pairs), Job(relation, st_ae, n_pairs)]
+    others = [name for name in TOY_AE_SETS if name != main_ae]
+    jobs += [Job(name, ae, n_pairs) for name in (*others, relation)]
+    jobs += [Job(name, setting, n_pairs) for setting in (st, st_ae) for name in TOY_AE_SETS]
     return Plan("held_out", jobs)

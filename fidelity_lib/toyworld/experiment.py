@@ -2,6 +2,8 @@
 
     python -m fidelity_lib.toyworld.experiment calibrate   # dev split: every candidate setting of A&E and ST
     python -m fidelity_lib.toyworld.experiment headline    # held-out split: sd, ae, st, st+ae on every toy set
+    python -m fidelity_lib.toyworld.experiment attention   # held-out split: where the nouns attend (baseline)
+    python -m fidelity_lib.toyworld.experiment metric-models   # the detector, toy CLIP and toy BLIP on real scenes
 
 Every image is scored by the exact detector as soon as it is made and appended to a JSON-lines cache (one line per
 set, method, setting, prompt and seed), so a killed run resumes where it stopped and loses at most one batch.
@@ -34,8 +36,10 @@ from fidelity_lib.toyworld.detector import ToyDetector
 from fidelity_lib.toyworld.evaluate import (
     SAMPLING, attention_diagnostics, paired_difference, rate_table, relation_layout, score_image,
 )
-from fidelity_lib.toyworld.model import toy_clip, toy_pipeline
-from fidelity_lib.toyworld.scenes import parse_caption
+from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_id
+from fidelity_lib.toyworld.captioner import caption_accuracy, toy_blip
+from fidelity_lib.toyworld.scenes import generate_scenes, parse_caption
+from fidelity_lib.toyworld.train import VALIDATION_SEED
 
 RESULTS_DIR = REPO_ROOT / "data" / "toyworld" / "results"
 CACHE_NAME = "rows.jsonl"
@@ -155,7 +159,8 @@ def summarise(rows: pd.DataFrame, baseline_setting: str) -> tuple[pd.DataFrame, 
                 continue
             difference = paired_difference(group, base, metric)
             differences.append({"set": set_name, "setting": setting, "method": group["method"].iloc[0]} | difference)
-    return pd.concat(rates, ignore_index=True), pd.DataFrame(differences)
+    columns = ["set", "setting", "method", "metric", "n_pairs", "difference", "ci_low", "ci_high"]
+    return pd.concat(rates, ignore_index=True), pd.DataFrame(differences, columns=columns)
 
 
 def write_results(name: str, table: pd.DataFrame, provenance: Provenance, folder: Path) -> Path:
@@ -246,18 +251,55 @@ def write_attention_diagnostics(folder: Path, n_pairs: int, split: str = "held_o
     return summary
 
 
+VALIDATION_SCENES = 500
+
+
+def write_metric_models(folder: Path, seed: int = VALIDATION_SEED) -> pd.DataFrame:
+    """How well the toy metric models read held-out real scenes: detector, toy CLIP (one object, top-1) and toy BLIP."""
+    scenes = generate_scenes(VALIDATION_SCENES, seed)
+    detector = ToyDetector()
+    exact = sum(sorted(d.label for d in detector.detect(s.pil())) == sorted(o.name for o in s.objects) for s in scenes)
+    model, preprocess, tokenizer = toy_clip()
+    single = [s for s in scenes if len(s.objects) == 1]
+    names = sorted({f"a {o.name}" for s in single for o in s.objects})
+    with torch.no_grad():
+        images = model.encode_image(torch.stack([preprocess(s.pil()) for s in single]))
+        best = (images @ model.encode_text(tokenizer(names)).T).argmax(dim=1)
+    clip_right = sum(names[i] == f"a {s.objects[0].name}" for i, s in zip(best.tolist(), single))
+    captioner = toy_blip()
+    blip = caption_accuracy(captioner, scenes)
+    rows = pd.DataFrame([
+        {"model": ToyDetector.name, "task": "every object's colour and shape, real scenes", "n": len(scenes), "accuracy": exact / len(scenes)},
+        {"model": "toy CLIP", "task": f"top-1 of the {len(names)} one-object captions", "n": len(single), "accuracy": clip_right / len(single)},
+        {"model": captioner.name, "task": "caption names exactly the scene's objects", "n": len(scenes), "accuracy": blip["names_the_objects"]},
+        {"model": captioner.name, "task": "caption equals the scene's own caption", "n": len(scenes), "accuracy": blip["exact_caption"]},
+    ])
+    provenance = Provenance(profile="toy", weights=weights_id(), seeds=f"{VALIDATION_SCENES} real scenes from seed {seed}",
+                            detector=ToyDetector.name, notes=TOY_NOTE)
+    write_results("metric_models", rows, provenance, folder)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from fidelity_lib.toyworld.calibration import calibration_plan, headline_plan
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("calibrate", "headline"))
+    parser.add_argument("what", choices=("calibrate", "headline", "attention", "metric-models"))
     parser.add_argument("--pairs", type=int, help="(prompt, seed) pairs per set and setting (default: the plan's)")
     parser.add_argument("--sets", help="comma-separated toy sets (default: every set the plan names)")
+    parser.add_argument("--methods", help="comma-separated methods to run (sd, ae, st, st+ae; default: all the plan's)")
+    parser.add_argument("--tables-only", action="store_true", help="make no image: write the tables from the cache")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.what == "metric-models":
+        print(write_metric_models(args.out).to_string(index=False))
+        return 0
+    if args.what == "attention":
+        print(write_attention_diagnostics(args.out, ATTENTION_PAIRS).to_string(index=False))
+        return 0
     plan = calibration_plan() if args.what == "calibrate" else headline_plan()
     if args.pairs:
         plan.jobs = [Job(job.set_name, job.setting, args.pairs) for job in plan.jobs]
@@ -266,9 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown sets {sorted(unknown)}: this plan has {', '.join(plan.sets)}")
         plan.jobs = [job for job in plan.jobs if job.set_name in args.sets.split(",")]
-    rates, paired = execute(plan, args.what, args.out, args.batch_size)
-    if args.what == "headline":
-        print(write_attention_diagnostics(args.out, ATTENTION_PAIRS).to_string(index=False))
+    if args.methods:
+        plan.jobs = [job for job in plan.jobs if job.setting.method in args.methods.split(",")]
+    if args.tables_only:
+        rates, paired = write_tables(plan, args.what, args.out, weights_id())
+    else:
+        rates, paired = execute(plan, args.what, args.out, args.batch_size)
     print(rates.to_string(index=False))
     print(paired.to_string(index=False))
     return 0

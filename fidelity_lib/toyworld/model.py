@@ -200,8 +200,11 @@ def weights_available(folder: Path = WEIGHTS_DIR) -> bool:
 
 
 def weights_id(folder: Path = WEIGHTS_DIR) -> str:
-    """"toyworld@" plus the first 12 hex digits of the SHA256SUMS file's hash."""
-    return "toyworld@" + sha256_of(folder / "SHA256SUMS")[:12]
+    """"toyworld@" plus 12 hex digits hashing the checksums of what makes the images: the diffusion weights and the
+    toy CLIP (the spatial-temporal loss). The toy BLIP, a metric model only, is named by ``captioner.toy_blip``."""
+    generative = set(WEIGHT_FILES + CLIP_FILES)
+    lines = [line for line in (folder / "SHA256SUMS").read_text(encoding="utf-8").splitlines() if line.split()[-1] in generative]
+    return "toyworld@" + hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()[:12]
 
 
 def load_components(folder: Path = WEIGHTS_DIR) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:

@@ -230,10 +230,10 @@ def render(objects: tuple[ShapeObject, ...]) -> np.ndarray:
     return image
 
 
-def random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
-    """One random scene; ``count`` objects, or a count drawn from OBJECT_COUNT_PROBABILITIES."""
+def random_scene(rng: np.random.Generator, count: int | None = None, count_probabilities: dict[int, float] | None = None) -> Scene:
+    """One random scene; ``count`` objects, or a count drawn from ``count_probabilities`` (OBJECT_COUNT_PROBABILITIES)."""
     if count is None:
-        counts, probabilities = zip(*OBJECT_COUNT_PROBABILITIES.items())
+        counts, probabilities = zip(*(count_probabilities or OBJECT_COUNT_PROBABILITIES).items())
         count = int(rng.choice(counts, p=probabilities))
     objects = None
     while objects is None:
@@ -242,10 +242,10 @@ def random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
     return Scene(render(mentioned), mentioned, caption)
 
 
-def generate_scenes(n_images: int, seed: int) -> list[Scene]:
-    """``n_images`` random scenes from one seed."""
+def generate_scenes(n_images: int, seed: int, count_probabilities: dict[int, float] | None = None) -> list[Scene]:
+    """``n_images`` random scenes from one seed; object counts drawn from ``count_probabilities`` (default: the world's)."""
     rng = np.random.default_rng(seed)
-    return [random_scene(rng) for _ in range(n_images)]
+    return [random_scene(rng, None, count_probabilities) for _ in range(n_images)]
 
 
 def category_names() -> list[str]:

@@ -374,6 +374,7 @@ ARGUMENTS_FILE = "arguments.json"
 STAGE_OUTPUTS = {"vae": "vae_final.pt", "encode": "latents.pt", "unet": "unet_final.pt", "clip": "clip_final.pt", "blip": "blip_final.pt"}
 RECORDED_ARGUMENTS = (
     "vae_steps", "unet_steps", "clip_steps", "blip_steps", "n_scenes", "n_latents", "batch_size", "seed", "threads", "ground", "ground_weight",
+    "object_counts",
 )
 
 
@@ -383,7 +384,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--unet-steps", type=int, default=2400)
     parser.add_argument("--clip-steps", type=int, default=300)
-    parser.add_argument("--blip-steps", type=int, default=800)
+    parser.add_argument("--blip-steps", type=int, default=2400)
     parser.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="checkpoint folder")
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--n-scenes", type=int, default=60000)
@@ -393,7 +394,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ground", choices=GROUND_MODES, default="nouns", help="which tokens the grounding loss ties to their object")
     parser.add_argument("--ground-weight", type=float, default=1.0, help="lambda of the grounding loss")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; part of what makes a run reproducible")
+    parser.add_argument("--object-counts", default="0.65,0.30,0.05", help="shares of one-, two- and three-object training scenes")
     args = parser.parse_args(argv)
+    try:
+        shares = [float(share) for share in args.object_counts.split(",")]
+    except ValueError:
+        shares = []
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
+        parser.error(f"--object-counts takes three shares that sum to 1 (one, two, three objects), not {args.object_counts!r}")
     for name in ("vae_steps", "unet_steps", "clip_steps", "blip_steps", "n_scenes", "n_latents", "batch_size", "threads"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
@@ -422,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     record_arguments(args)
     started = time.monotonic()
-    scenes = generate_scenes(args.n_scenes, args.seed)
+    counts = dict(zip((1, 2, 3), (float(share) for share in args.object_counts.split(","))))
+    scenes = generate_scenes(args.n_scenes, args.seed, counts)
     images, captions = scene_images(scenes), [scene.caption for scene in scenes]
     stages = ("vae", "encode", "unet", "clip", "blip", "export") if args.stage == "all" else (args.stage,)
     for stage in stages:
