@@ -26,7 +26,7 @@
 # detector (colour segmentation + shape from the mask) measures presence and spatial relations, a small CLIP and a
 # small BLIP trained on the same scenes stand in for the papers' metric models.
 #
-# `train=True` retrains everything first with the recorded command (`data/toyworld/training.json`; about 75 minutes
+# `train=True` retrains everything first with the recorded command (`data/toyworld/training.json`; about 100 minutes
 # on one CPU thread). The numbers here are toy-world numbers: **never Stable Diffusion results**.
 
 # %% tags=["parameters"]
