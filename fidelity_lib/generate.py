@@ -49,7 +49,7 @@ from fidelity_lib.attend_excite import (
     check_token_indices,
 )
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
-from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
 from fidelity_lib.models import PROFILES, WeightsNotFoundError, clip_tokenizer, load_pipeline
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -212,16 +212,6 @@ def manifest_part(out: str | os.PathLike, rank: int) -> Path:
     return Path(out) / f"manifest.part-{rank}.jsonl"
 
 
-def _read_lines(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-    return records
-
-
 def _manifest_order(record: dict) -> tuple:
     method = record.get("method")
     rank = list(METHODS).index(method) if method in METHODS else len(METHODS)
@@ -237,7 +227,7 @@ def read_manifest(out: str | os.PathLike) -> list[dict]:
     sources = [path for path in [out / MANIFEST_NAME] if path.exists()] + sorted(out.glob(PART_GLOB))
     latest = {}
     for path in sources:
-        for record in _read_lines(path):
+        for record in read_json_lines(path):
             latest[(record.get("method"), record.get("prompt"), record.get("seed"))] = record
     return sorted(latest.values(), key=_manifest_order)
 
@@ -258,18 +248,6 @@ def _write_image_atomically(image: PIL.Image.Image, path: Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def _append_manifest_line(path: Path, record: dict) -> None:
-    with open(path, "a+b") as file:
-        file.seek(0, os.SEEK_END)
-        if file.tell() > 0:
-            file.seek(-1, os.SEEK_END)
-            if file.read(1) != b"\n":  # a previous run died mid-line
-                file.write(b"\n")
-        file.write((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
-        file.flush()
-        os.fsync(file.fileno())
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -429,9 +407,9 @@ def _write_image(out: Path, part: Path, method: str, record: PromptRecord, seed:
     """The image, atomically, then its manifest line (so a listed image is always complete)."""
     path = image_path(out, method, record.prompt, seed)
     _write_image_atomically(generated.image, path)
-    _append_manifest_line(
+    append_json_lines(
         part,
-        {
+        [{
             "prompt": record.prompt,
             "set": record.set_name,
             "index": record.index,
@@ -443,7 +421,8 @@ def _write_image(out: Path, part: Path, method: str, record: PromptRecord, seed:
             "config": generated.config,
             "seconds": round(seconds, 4),
             "extras": generated.extras,
-        },
+        }],
+        sort_keys=True,
     )
 
 

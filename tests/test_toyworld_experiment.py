@@ -9,7 +9,8 @@ from PIL import Image
 from fidelity_lib.datasets import TOY_SPLIT_SEEDS
 from fidelity_lib.toyworld import experiment
 from fidelity_lib.toyworld.calibration import calibration_plan, headline_plan
-from fidelity_lib.toyworld.experiment import Setting, pairs_for, read_cache, subject_indices, summarise, verdict
+from fidelity_lib.files import read_json_lines
+from fidelity_lib.toyworld.experiment import Setting, pairs_for, subject_indices, summarise, verdict
 
 
 def test_pairs_cover_every_prompt_of_the_split_with_its_own_seeds():
@@ -67,12 +68,12 @@ def test_a_run_resumes_from_its_cache_and_redoes_only_what_a_kill_cut(tmp_path, 
     cache = tmp_path / "rows.jsonl"
     items = pairs_for("toy_ae_object_object", "dev", 54)[:5]
     experiment.run(None, "toy_ae_object_object", Setting("sd", "sd"), items, cache, None, 2, "toyworld@x")
-    assert made == [2, 2, 1] and len(read_cache(cache)) == 5
+    assert made == [2, 2, 1] and len(read_json_lines(cache)) == 5
     lines = cache.read_text().splitlines()
     cache.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed while writing the fourth row
     made.clear()
     experiment.run(None, "toy_ae_object_object", Setting("sd", "sd"), items, cache, None, 2, "toyworld@x")
-    assert made == [2] and len(read_cache(cache)) == 5
+    assert made == [2] and len(read_json_lines(cache)) == 5
     assert json.loads(cache.read_text().splitlines()[-1])["all_present"] is False  # a blank image has no object
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch
 from fidelity_lib.datasets import TOY_SPLIT_SEEDS, PromptRecord, load_prompt_set, split_records
-from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
 from fidelity_lib.report import REPO_ROOT, Provenance
 from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate
 from fidelity_lib.toyworld.detector import ToyDetector
@@ -95,34 +94,9 @@ def make_images(pipe, setting: Setting, items: Sequence[tuple[PromptRecord, int]
     ]
 
 
-def read_cache(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: its image is made again
-            continue
-    return rows
-
-
-def append_lines(path: Path, lines: list[str]) -> None:
-    """Append JSON lines, first ending a line that a kill cut short (so a new row never joins a broken one)."""
-    cut = False
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            cut = handle.read(1) != b"\n"
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(("\n" if cut else "") + "".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def run(pipe, set_name: str, setting: Setting, items, cache: Path, clip_model, batch_size: int, weights: str) -> None:
     """Make and score the items of one set and setting that the cache does not hold yet."""
-    done = {(r["set"], r["setting"], r["prompt"], r["seed"]) for r in read_cache(cache) if r.get("weights") == weights}
+    done = {(r["set"], r["setting"], r["prompt"], r["seed"]) for r in read_json_lines(cache) if r.get("weights") == weights}
     todo = [(record, seed) for record, seed in items if (set_name, setting.name, record.prompt, seed) not in done]
     detector = ToyDetector()
     step = batch_size if setting.method in ("sd", "ae") else 1
@@ -132,13 +106,13 @@ def run(pipe, set_name: str, setting: Setting, items, cache: Path, clip_model, b
             began = time.perf_counter()
             images = make_images(pipe, setting, chunk, clip_model)
             seconds = (time.perf_counter() - began) / len(chunk)
-            lines = []
+            rows = []
             for (record, seed), image in zip(chunk, images):
                 scores = score_image(detector.detect(image), parse_caption(record.prompt))
                 row = {"set": set_name, "setting": setting.name, "method": setting.method, "prompt": record.prompt,
                        "seed": seed, "split": record.extra["split"], "weights": weights, "seconds": round(seconds, 4)}
-                lines.append(json.dumps(row | scores) + "\n")
-            append_lines(cache, lines)
+                rows.append(row | scores)
+            append_json_lines(cache, rows)
             bar.update(len(chunk))
 
 
@@ -208,7 +182,7 @@ def execute(plan: Plan, name: str, folder: Path, batch_size: int = 32) -> tuple[
 def write_tables(plan: Plan, name: str, folder: Path, weights: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rate, paired-difference and settings tables of everything the cache holds for this plan's split."""
     cache = folder / f"{name}_{CACHE_NAME}"
-    rows = pd.DataFrame([r for r in read_cache(cache) if r.get("weights") == weights and r["split"] == plan.split])
+    rows = pd.DataFrame([r for r in read_json_lines(cache) if r.get("weights") == weights and r["split"] == plan.split])
     rates, paired = summarise(rows, "sd")
     seeds = TOY_SPLIT_SEEDS[plan.split]
     counts = rows.groupby(["set", "setting"]).size()
