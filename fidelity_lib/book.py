@@ -9,9 +9,12 @@ The run stops at the first failing notebook, keeps the failed executed notebook 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,15 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 REPORTS_DIR = REPO_ROOT / "reports"
 KERNEL_NAME = "fidelity-book"
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
+SMOKE_THREADS = 1  # torch threads of every non-paper chapter kernel (kernel_threads)
+# What the book passes to a chapter beyond profile and reports_dir: chapter 4 scores every set of the papers' tables
+# (on the toy world, their toy counterparts) with all four methods, so that chapter 5 can rebuild those tables.
+CHAPTER_PARAMETERS = {
+    "04_eval": {
+        "dataset": ["ae_animal_animal", "ae_animal_object", "ae_object_object", "gpt", "mscoco"],
+        "methods": ["sd", "ae", "st", "st+ae"],
+    },
+}
 
 
 class NotebookFailed(RuntimeError):
@@ -113,6 +125,23 @@ def run_notebook(notebook: Path, executed_path: Path, parameters: dict) -> Noteb
     return NotebookRun(notebook, executed_path, time.perf_counter() - start)
 
 
+@contextmanager
+def kernel_threads(threads: int | None) -> Iterator[None]:
+    """Start the chapters' kernels with ``threads`` torch (OpenMP) threads, unless OMP_NUM_THREADS is set already.
+
+    CPU float sums depend on the thread count, so a fixed count makes a rerun write the same bytes (a committed output
+    changes only when its content does); one thread is also the fast choice on a shared 2-core machine.
+    """
+    if threads is None or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+
+
 def run_book(
     profile: str = "smoke",
     out: Path = REPORTS_DIR,
@@ -125,11 +154,13 @@ def run_book(
     sync_pairs(notebooks_dir)
     parameters = {"profile": profile, "reports_dir": str(out), **(extra_parameters or {})}
     runs = []
-    for notebook in book_notebooks(notebooks_dir, only):
-        print(f"[book] {notebook.name} (profile={profile}) ...", flush=True)
-        run = run_notebook(notebook, out / "notebooks" / notebook.name, parameters)
-        print(f"[book] {notebook.name} done in {run.seconds:.0f} s -> {run.executed_path}", flush=True)
-        runs.append(run)
+    with kernel_threads(None if profile == "paper" else SMOKE_THREADS):
+        for notebook in book_notebooks(notebooks_dir, only):
+            print(f"[book] {notebook.name} (profile={profile}) ...", flush=True)
+            chapter = {**CHAPTER_PARAMETERS.get(notebook.stem, {}), **parameters}
+            run = run_notebook(notebook, out / "notebooks" / notebook.name, chapter)
+            print(f"[book] {notebook.name} done in {run.seconds:.0f} s -> {run.executed_path}", flush=True)
+            runs.append(run)
     return runs
 
 

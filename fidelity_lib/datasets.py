@@ -38,6 +38,7 @@ TOY_RELATION_SETS = ("toy_gpt", "toy_vsr")
 TOY_SPLIT_SEEDS = {"dev": range(0, 10_000), "held_out": range(100_000, 110_000)}  # disjoint seed ranges per split
 TOY_SET_SEED = 2023  # fixes which prompts each toy set samples and which half of them is held out
 SET_NAMES = (*PAPER_SET_NAMES, *TOY_SETS)
+TOY_COUNTERPARTS = {paper: toy for toy, paper in TOY_SETS.items() if paper is not None}  # "mscoco" -> "toy_mscoco"
 AE_COLOURS = ("black", "blue", "brown", "gray", "green", "orange", "pink", "purple", "red", "white", "yellow")
 RELATION_WORDS = ("left of", "right of", "above", "below")
 
@@ -223,6 +224,24 @@ def load_prompt_set(name: str) -> list[PromptRecord]:
     if name not in loaders:
         raise UnknownPromptSetError(f"Unknown prompt set {name!r}: choose one of {', '.join(SET_NAMES)}, or pass a text file.")
     return loaders[name]()
+
+
+def set_for_profile(name: str, resolved_profile: str) -> str:
+    """The set a chapter runs for ``name``: in the toy profile a paper set's toy counterpart (mscoco -> toy_mscoco), since
+    the toy world knows only coloured shapes; in every other profile, and for a toy set, ``name`` itself."""
+    if name not in SET_NAMES:
+        raise UnknownPromptSetError(f"Unknown prompt set {name!r}: choose one of {', '.join(SET_NAMES)}.")
+    return TOY_COUNTERPARTS.get(name, name) if resolved_profile == "toy" else name
+
+
+def book_records(set_names: list[str], limit: int | None = None) -> list[PromptRecord]:
+    """The first ``limit`` prompts of each set that a chapter shows: a toy set's held-out split (its dev split chose the
+    toy settings), a paper set in its original order."""
+    chosen = []
+    for name in set_names:
+        records = load_prompt_set(name)
+        chosen += (split_records(records, "held_out") if name in TOY_SETS else records)[:limit]
+    return chosen
 
 
 def load_prompts(source: str | Path) -> list[PromptRecord]:

@@ -29,9 +29,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import PIL.Image
@@ -50,7 +50,9 @@ from fidelity_lib.attend_excite import (
 )
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
 from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
+from fidelity_lib.layout.predictor import ObjectPlacement
 from fidelity_lib.models import PROFILES, WeightsNotFoundError, clip_tokenizer, load_pipeline
+from fidelity_lib.spacetime import SpaceTimeConfig, shipped_layout_predictor, shipped_layouts, spacetime_generate
 
 MANIFEST_NAME = "manifest.jsonl"
 PART_GLOB = "manifest.part-*.jsonl"
@@ -77,7 +79,9 @@ class GenerationOptions:
     guidance_scale: float = 7.5
     token_indices: tuple[int, ...] | None = None  # overrides the prompt set's subject indices
     batch_size: int = 1  # images per call of a method that has a batched form (BATCHED_METHODS)
-    ae_config: AttendExciteConfig = field(default_factory=AttendExciteConfig)  # the ae method's settings
+    ae_config: AttendExciteConfig = field(default_factory=AttendExciteConfig)  # the ae and st+ae methods' A&E settings
+    st_config: SpaceTimeConfig | None = None  # st and st+ae settings (None: SpaceTimeConfig()); steps and guidance from above
+    layouts: Mapping[str, Sequence[ObjectPlacement]] | None = None  # stated layouts by prompt, used before the shipped ones
 
 
 @dataclass
@@ -152,15 +156,15 @@ BATCHED_METHODS["ae"] = generate_ae_batch
 
 
 def _generate_spacetime(pipe, record: PromptRecord, seed: int, options: GenerationOptions, method: str) -> Generated:
-    from fidelity_lib.spacetime import SpaceTimeConfig, shipped_layout_predictor, shipped_layouts, spacetime_generate
-
     profile = getattr(pipe, "profile", "tiny")
-    layout = shipped_layouts(record.set_name, profile).get(record.prompt) if record.set_name else None
-    config = SpaceTimeConfig(num_inference_steps=options.steps, guidance_scale=options.guidance_scale)
+    layout = (options.layouts or {}).get(record.prompt)
+    if layout is None and record.set_name:
+        layout = shipped_layouts(record.set_name, profile).get(record.prompt)
+    config = replace(options.st_config or SpaceTimeConfig(), num_inference_steps=options.steps, guidance_scale=options.guidance_scale)
     indices = options.token_indices or record.subject_token_indices or None
     result = spacetime_generate(
         pipe, record.prompt, layout, seed=seed, config=config, method=method,
-        predictor=shipped_layout_predictor(profile), token_indices=indices,
+        predictor=shipped_layout_predictor(profile), token_indices=indices, ae_config=options.ae_config,
     )
     return Generated(result.image, asdict(config), result.manifest_extras())
 

@@ -34,6 +34,10 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+PROFILE_LABELS = {"paper": "", "toy": " (toy world: not Stable Diffusion results)"}
+TINY_LABEL = " (random tiny models: plumbing only, not Stable Diffusion results)"
+
+
 @dataclass
 class Provenance:
     """Which run made an artefact."""
@@ -51,11 +55,23 @@ class Provenance:
         """The provenance of a written provenance record (its ``title`` and ``line`` dropped)."""
         return cls(**{key: record[key] for key in cls.__dataclass_fields__ if key in record})
 
-    def line(self) -> str:
-        """One human-readable line, the caption every table and figure carries."""
-        smoke = "" if self.profile == "paper" else " (smoke profile: not Stable Diffusion results)"
-        parts = [f"profile {self.profile}{smoke}", f"weights {self.weights}", f"seeds {self.seeds}", f"detector {self.detector}",
-                 f"{self.date}", f"commit {self.commit}"]
+    @classmethod
+    def combined(cls, records: list[dict], notes: str = "") -> Provenance:
+        """One provenance for an artefact built from others' numbers: each field joins their distinct values."""
+        def joined(key: str) -> str:
+            return "; ".join(dict.fromkeys(str(record.get(key, "n/a")) for record in records))
+
+        return cls(profile=joined("profile"), weights=joined("weights"), seeds=joined("seeds"), detector=joined("detector"), notes=notes)
+
+    def line(self, run: bool = True) -> str:
+        """One human-readable line, the caption every table and figure carries; ``run=False`` leaves out the date and
+        commit (the provenance record beside the artefact keeps them), so that a rerun with the same content writes the
+        same bytes."""
+        # "smoke -> toy" names the profile asked for and the one run; "a; b" joins the sources of a combined artefact
+        resolved = {part.split("->")[-1].strip() for part in self.profile.split(";")}
+        smoke = PROFILE_LABELS.get(resolved.pop(), TINY_LABEL) if len(resolved) == 1 else " (mixed profiles: not Stable Diffusion results)"
+        parts = [f"profile {self.profile}{smoke}", f"weights {self.weights}", f"seeds {self.seeds}", f"detector {self.detector}"]
+        parts += [f"{self.date}", f"commit {self.commit}"] if run else []
         return "Provenance: " + "; ".join(parts) + (f". {self.notes}" if self.notes else "")
 
 
@@ -69,18 +85,47 @@ def write_benchmark_section(name: str, section: str, path: Path = BENCHMARKS) ->
     atomic_write_bytes(path, text.encode())
 
 
-def _write_provenance(path: Path, provenance: Provenance, title: str) -> None:
-    record = {"title": title, **asdict(provenance), "line": provenance.line()}
-    atomic_write_bytes(path.with_name(path.stem + ".provenance.json"), json.dumps(record, indent=2).encode())
+RUN_FIELDS = ("date", "commit", "line")  # what a rerun changes even when the artefact's content is the same
 
 
-def save_table(table: pd.DataFrame, name: str, provenance: Provenance, reports_dir: str | Path, title: str = "") -> Path:
-    """Write ``tables/<name>.csv`` and ``.md`` (with the provenance line) and the provenance record."""
+def _provenance_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".provenance.json")
+
+
+def _unchanged(files: dict[Path, bytes], provenance: Provenance, title: str, summary: str) -> bool:
+    """Whether every file already holds these bytes and its provenance record differs only in date and commit."""
+    record_path = _provenance_path(next(iter(files)))
+    if not record_path.is_file() or not all(path.is_file() and path.read_bytes() == data for path, data in files.items()):
+        return False
+    try:
+        old = json.loads(record_path.read_text())
+    except ValueError:
+        return False
+    new = {"title": title, **asdict(provenance), "summary": summary}
+    return all(old.get(key) == value for key, value in new.items() if key not in RUN_FIELDS)
+
+
+def _save_artefact(files: dict[Path, bytes], provenance: Provenance, title: str, summary: str = "") -> None:
+    """Write the files and the provenance record of the first, unless they hold this content already: a committed
+    output then keeps its bytes, and its record the run that first made it."""
+    if _unchanged(files, provenance, title, summary):
+        return
+    for path, data in files.items():
+        atomic_write_bytes(path, data)
+    record = {"title": title, **asdict(provenance), "summary": summary, "line": provenance.line()}
+    atomic_write_bytes(_provenance_path(next(iter(files))), json.dumps(record, indent=2).encode())
+
+
+def save_table(
+    table: pd.DataFrame, name: str, provenance: Provenance, reports_dir: str | Path, title: str = "", summary: str = ""
+) -> Path:
+    """Write ``tables/<name>.csv`` and ``.md`` (with the provenance line, and ``summary``: what the table shows, in
+    words that code wrote from its numbers) and the provenance record."""
     csv_path = Path(reports_dir) / "tables" / f"{name}.csv"
-    atomic_write_bytes(csv_path, table.to_csv(index=False).encode())
-    markdown = (f"### {title}\n\n" if title else "") + table.to_markdown(index=False, floatfmt=".4f") + f"\n\n{provenance.line()}\n"
-    atomic_write_bytes(csv_path.with_suffix(".md"), markdown.encode())
-    _write_provenance(csv_path, provenance, title or name)
+    markdown = (f"### {title}\n\n" if title else "") + table.to_markdown(index=False, floatfmt=".4f") + "\n\n"
+    markdown += (f"{summary}\n\n" if summary else "") + f"{provenance.line(run=False)}\n"
+    files = {csv_path: table.to_csv(index=False).encode(), csv_path.with_suffix(".md"): markdown.encode()}
+    _save_artefact(files, provenance, title or name, summary)
     return csv_path
 
 
@@ -89,11 +134,10 @@ def save_figure(figure, name: str, provenance: Provenance, reports_dir: str | Pa
     import io
 
     path = Path(reports_dir) / "figures" / f"{name}.png"
-    figure.text(0.01, 0.002, provenance.line(), fontsize=6, ha="left", va="bottom", wrap=True, color="0.35")
+    figure.text(0.01, 0.002, provenance.line(run=False), fontsize=6, ha="left", va="bottom", wrap=True, color="0.35")
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    _write_provenance(path, provenance, title or name)
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _save_artefact({path: buffer.getvalue()}, provenance, title or name)
     return path
 
 
@@ -138,7 +182,9 @@ def build_report(reports_dir: str | Path) -> tuple[str, list[str]]:
             refused.append(str(error))
             continue
         table = pd.read_csv(table_path)
-        sections += [f"### {record['title']}", "", table.to_markdown(index=False, floatfmt=".4f"), "", record["line"], ""]
+        sections += [f"### {record['title']}", "", table.to_markdown(index=False, floatfmt=".4f"), ""]
+        sections += [record["summary"], ""] if record.get("summary") else []
+        sections += [record["line"], ""]
         published = paper_numbers(table_path.stem)
         sections += ["Published numbers: " + ("not transcribed." if published.empty else ""), ""]
         if not published.empty:

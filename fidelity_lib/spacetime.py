@@ -353,14 +353,14 @@ def _paper_kind(profile: str) -> str:
 
 @lru_cache(maxsize=2)
 def shipped_layout_predictor(profile: str = "smoke") -> LayoutPredictor | None:
-    """The trained predictor in data/layouts/predictor-<paper|smoke>/ for this profile, or None."""
+    """The trained predictor in reports/layouts/predictor-<paper|smoke>/ for this profile, or None."""
     folder = LAYOUTS_DIR / f"predictor-{_paper_kind(profile)}"
     return LayoutPredictor.load(folder) if folder.is_dir() else None
 
 
 @lru_cache(maxsize=8)
 def shipped_layouts(set_name: str, profile: str = "smoke") -> dict[str, list[ObjectPlacement]]:
-    """A prompt set's layouts in data/layouts/<set>.json when written for this kind of profile, else empty."""
+    """A prompt set's layouts in reports/layouts/<set>.json when written for this kind of profile, else empty."""
     try:
         written_for, layouts = load_layouts(set_name)
     except FileNotFoundError:

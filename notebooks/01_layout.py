@@ -53,10 +53,10 @@ from fidelity_lib.layout import (
     CocoFilter, LayoutPredictor, NoObjectWarning, TrainConfig, coco_examples, draw_layouts, evaluate_predictor,
     gpt_examples, split_examples, train, write_layouts, write_synthetic_coco,
 )
-from fidelity_lib.layout.evaluate import LAYOUTS_DIR
 from fidelity_lib.report import Provenance, save_figure, save_table
 
 reports = Path(reports_dir)
+layouts_dir = reports / "layouts"  # under reports/ (the generator reads the repository's reports/layouts/)
 (reports / "tables").mkdir(parents=True, exist_ok=True)
 (reports / "figures").mkdir(parents=True, exist_ok=True)
 work = Path(tempfile.mkdtemp(prefix="layout_"))
@@ -66,7 +66,7 @@ if profile == "paper":
         raise ValueError("The paper profile trains on COCO 2017 annotations: pass -p coco_dir /path/to/coco (see above).")
     source, rules = Path(coco_dir), CocoFilter()
     config = TrainConfig(epochs=epochs or 100)
-    checkpoints = LAYOUTS_DIR / "checkpoints-paper"  # resumed when the notebook is run again
+    checkpoints = layouts_dir / "checkpoints-paper"  # resumed when the notebook is run again
     data_name = f"COCO annotations in {source}"
 else:
     source = write_synthetic_coco(work / "coco", n_images=400, seed=0)
@@ -119,7 +119,7 @@ plt.show()
 
 # %% [markdown]
 # ## Layouts for the spatial-temporal chapter
-# `data/layouts/<set>.json` maps every prompt to its objects and centres, with the profile, so a smoke layout is never
+# `reports/layouts/<set>.json` maps every prompt to its objects and centres, with the profile, so a smoke layout is never
 # mistaken for a paper one. Prompts with no recognisable object get an empty list (generation falls back to plain SD).
 
 # %%
@@ -127,8 +127,8 @@ rows = []
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", NoObjectWarning)
     for set_name in ("gpt", "mscoco", "vsr"):
-        path = write_layouts(predictor, set_name, weights=weights_line)
+        path = write_layouts(predictor, set_name, weights=weights_line, folder=layouts_dir)
         content = pd.read_json(path, typ="series")
-        rows.append({"set": set_name, "prompts": len(content["layouts"]), "empty": content["empty"], "file": str(path.relative_to(LAYOUTS_DIR.parent.parent))})
-predictor.save(LAYOUTS_DIR / f"predictor-{profile}")
+        rows.append({"set": set_name, "prompts": len(content["layouts"]), "empty": content["empty"], "file": str(path.relative_to(reports))})
+predictor.save(layouts_dir / f"predictor-{profile}")
 pd.DataFrame(rows)

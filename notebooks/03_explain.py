@@ -30,12 +30,12 @@
 profile = "smoke"
 reports_dir = "../reports"
 weights = None
-prompt = "a cat and a dog"
-token_indices = None  # None: the paper sets' indices, or the prompt's nouns
-seed = 0
-steps = None  # None: 50 (paper) or 10 (smoke)
+prompt = None  # None: "a cat and a dog" (paper, tiny), or the first held-out prompt of toy_ae_object_object (toy)
+token_indices = None  # None: the paper sets' indices, or the prompt's nouns (toy: the tokens its A&E setting excites)
+seed = None  # None: 0, or the first held-out seed (toy)
+steps = None  # None: 50 (paper), 25 (toy), 10 (tiny)
 strip_steps = None  # None: five steps spread over the run
-attention_res = None  # None: A&E's default (16: SD's 16x16 maps at 512 px)
+attention_res = None  # None: A&E's default (16: SD's 16x16 maps at 512 px), or the toy world's chosen setting
 
 # %%
 from pathlib import Path
@@ -46,7 +46,10 @@ import pandas as pd
 import seaborn as sns
 
 import fidelity_lib
+from dataclasses import replace
+
 from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite, attention_layers
+from fidelity_lib.datasets import TOY_SPLIT_SEEDS, book_records
 from fidelity_lib.explain import LatentRecorder, normalised_map, step_attention
 from fidelity_lib.models import load_pipeline, resolve_profile
 from fidelity_lib.report import Provenance, save_figure
@@ -54,9 +57,20 @@ from fidelity_lib.report import Provenance, save_figure
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir
 resolved = resolve_profile(profile)
-steps = steps or (50 if resolved == "paper" else 10)
+toy = resolved == "toy"
+steps = steps or (50 if resolved == "paper" else 25 if toy else 10)
+seed = seed if seed is not None else (TOY_SPLIT_SEEDS["held_out"].start if toy else 0)
 pipe = load_pipeline(profile, weights=weights)
-config = AttendExciteConfig() if attention_res is None else AttendExciteConfig(attention_res=attention_res)
+config = AttendExciteConfig()
+if toy:  # the toy world's chosen A&E setting, on the prompt's excited tokens (toyworld.calibration)
+    from fidelity_lib.toyworld.calibration import toy_generation
+
+    (record,), options = toy_generation(book_records(["toy_ae_object_object"], 1))
+    if prompt is None:
+        prompt, token_indices = record.prompt, token_indices or record.subject_token_indices
+    config = options.ae_config
+prompt = prompt or "a cat and a dog"
+config = config if attention_res is None else replace(config, attention_res=attention_res)
 height = width = pipe.unet.config.sample_size * pipe.vae_scale_factor
 resolution = attention_layers(pipe, height, width, config.attention_res)[0].resolution
 strip_steps = list(strip_steps or np.linspace(0, steps, 5).round().astype(int))  # PNDM runs steps + 1 iterations

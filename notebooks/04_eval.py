@@ -26,18 +26,22 @@
 #   found) and unconditionally (a missing object counts as wrong).
 #
 # Each table cell is the metric with a 95% bootstrap confidence interval over prompts. The per-method JSON files with
-# the original scripts' names and keys go to `reports/metrics/<dataset>/<method>/`. In the smoke profile the models are
-# random or toy-world ones: the numbers test the plumbing, never Stable Diffusion.
+# the original scripts' names and keys go to `reports/metrics/<dataset>/<method>/`.
+#
+# In the smoke profile on the toy world, a paper set means its toy counterpart (`-p dataset mscoco` scores
+# `toy_mscoco`, and the provenance says so), and every metric runs with the toy world's own models: its CLIP, its
+# BLIP captioner (trained on its scenes) and its exact colour-and-shape detector. Those numbers describe the toy world,
+# never Stable Diffusion. Without toy weights, smoke falls back to random tiny models, which only test the plumbing.
 
 # %% tags=["parameters"]
-dataset = "mscoco"
+dataset = "mscoco"  # a prompt set, or a list of them; in the toy profile a paper set means its toy counterpart
 methods = ["sd", "ae"]
 profile = "smoke"
 reports_dir = "../reports"
 images_dir = None  # None: <reports_dir>/images/<resolved profile> (chapter 2), a few generated here if empty
-seeds = "0-1"
+seeds = None  # seeds to generate when images_dir holds none; None: "0-1" (toy: the first two held-out seeds)
 limit = 3  # prompts to generate when images_dir holds none
-steps = 4  # denoising steps for those images
+steps = None  # denoising steps for those images; None: 4 (tiny), 25 (toy), 50 (paper)
 weights = None  # the generator's SD weights (paper profile)
 clip_weights = None  # paper: folder or file with open_clip ViT-B-16 OpenAI weights (None: the HF cache)
 blip_weights = None  # paper: a Salesforce/blip-image-captioning-base folder (None: the HF cache)
@@ -49,109 +53,93 @@ n_boot = 2000
 from fidelity_lib.book import check_parameters
 
 check_parameters(
-    globals(), dataset=str, methods=list, profile=str, reports_dir=str, images_dir=(str, None), seeds=(str, int), limit=int,
-    steps=int, weights=(str, None), clip_weights=(str, None), blip_weights=(str, None),
-    detector_weights=(str, None), original_counting=bool, n_boot=int,
+    globals(), dataset=(str, list), methods=(list, str), profile=str, reports_dir=str, images_dir=(str, None),
+    seeds=(str, int, None), limit=int, steps=(int, None), weights=(str, None), clip_weights=(str, None),
+    blip_weights=(str, None), detector_weights=(str, None), original_counting=bool, n_boot=int,
 )
 
 # %%
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 import fidelity_lib
-from fidelity_lib.metrics import (
-    ClipScorer,
-    NoImagesError,
-    UnknownMethodError,
-    blip_similarity,
-    clip_score,
-    collect_images,
-    detection_score,
-    load_captioner,
-    load_clip,
-    load_detector,
-    metric_figure,
-    metric_table,
-    metrics_for,
-    wide_table,
-)
-from fidelity_lib.generate import read_manifest
-from fidelity_lib.models import resolve_profile
+from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs
+from fidelity_lib.datasets import book_records, load_prompt_set, set_for_profile
+from fidelity_lib.generate import generate, parse_seeds, read_manifest
+from fidelity_lib.metrics import load_captioner, load_clip, load_detector
+from fidelity_lib.metrics import ClipScorer, metric_figure, metric_table, metrics_for, wide_table
+from fidelity_lib.metrics.suite import score_set
+from fidelity_lib.models import load_pipeline, resolve_profile
 from fidelity_lib.report import Provenance, save_figure, save_table
 
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir  # relative paths mean the same folder whatever the working directory
-images = NOTEBOOKS / images_dir if images_dir else reports / "images" / resolve_profile(profile)
+resolved = resolve_profile(profile)
+images = NOTEBOOKS / images_dir if images_dir else reports / "images" / resolved
 methods = [methods] if isinstance(methods, str) else list(methods)
-print(f"dataset {dataset}, methods {methods}, profile {profile} -> {resolve_profile(profile)}, images {images.resolve()}")
+sets = {name: set_for_profile(name, resolved) for name in ([dataset] if isinstance(dataset, str) else dataset)}
+seeds = parse_seeds(str(seeds)) if seeds is not None else chapter_seeds(resolved, 2)
+steps = steps or chapter_steps(resolved, tiny_steps=4)
+print(f"sets {sets}, methods {methods}, profile {profile} -> {resolved}, images {images.resolve()}")
 
 # %% [markdown]
 # ## Images
-# If the folder holds no images of this dataset for these methods, generate a few with the generation command-line tool.
+# Each set's first `limit` prompts (toy: of the held-out split) need an image per seed and method; the missing ones
+# are made here with the generator. Every image of the set's prompts found in the folder is scored.
 
 # %%
-def has_images() -> bool:
-    try:
-        collect_images(images, dataset, methods)
-    except (NoImagesError, UnknownMethodError):
-        return False
-    return True
+from fidelity_lib.generate import image_path, is_valid_image
 
-
-if not has_images():
+for set_name in sets.values():
+    records, options = generation_inputs(book_records([set_name], limit), resolved, steps)
+    wanted = [(m, r.prompt, s) for m in methods for r in records for s in seeds]
+    if all(is_valid_image(image_path(images, *item)) for item in wanted):
+        continue
+    pipe = load_pipeline(profile, weights=weights)
     for method in methods:
-        command = [sys.executable, "-m", "fidelity_lib.generate", "--method", method, "--prompts", dataset, "--seeds", str(seeds),
-                   "--limit", str(limit), "--out", str(images), "--profile", profile, "--steps", str(steps),
-                   "--skip-long-prompts"]
-        command += ["--weights", str(weights)] if weights else []
-        print(" ".join(command[1:]))
-        subprocess.run(command, check=True)
-entries = collect_images(images, dataset, methods)
-lines = [line for line in read_manifest(images) if line.get("set") in (None, dataset) and line.get("method") in methods]
-weights_id = ", ".join(sorted({str(line.get("weights")) for line in lines})) or "unknown (no manifest.jsonl)"
-image_seeds = ",".join(sorted({entry.seed for entry in entries}, key=lambda s: (len(s), s)))
-print(f"{len(entries)} images, {len({e.record.index for e in entries})} prompts, seeds {image_seeds}, weights {weights_id}")
+        summary = generate(pipe, method, records, seeds, images, profile=profile, options=options, progress=False)
+        print(f"{set_name} {method}: {summary.written} images written in {summary.seconds:.1f} s")
 
 # %% [markdown]
 # ## Metrics
 
 # %%
-wanted = metrics_for(dataset)
-metrics_dir = reports / "metrics" / dataset
 scorer = ClipScorer(load_clip(profile, clip_weights))
-frames = {"clip": clip_score(images, dataset, methods, scorer=scorer, metrics_dir=metrics_dir, original_counting=original_counting).frame}
 captioner = load_captioner(profile, blip_weights)
-frames["blip"] = blip_similarity(images, dataset, methods, captioner=captioner, scorer=scorer, metrics_dir=metrics_dir).frame
-detector_name = "not used"
-if "object_accuracy" in wanted:
-    detector = load_detector(profile, detector_weights)
-    detector_name = detector.name
-    frames["detection"] = detection_score(images, dataset, methods, detector=detector, metrics_dir=metrics_dir, original_counting=original_counting).frame
-unreadable = pd.concat(frames.values())[lambda f: f["error"].notna()][["path", "error"]].drop_duplicates()
-print(f"CLIP {scorer.name}; captioner {captioner.name}; detector {detector_name}")
+detected = [name for name in sets.values() if "object_accuracy" in metrics_for(name)]
+detector = load_detector(profile, detector_weights) if detected else None
+frames = {
+    set_name: score_set(images, set_name, methods, scorer, captioner, detector, reports / "metrics" / set_name, original_counting)
+    for set_name in sets.values()
+}
+unreadable = pd.concat(f for by_family in frames.values() for f in by_family.values())
+unreadable = unreadable[unreadable["error"].notna()][["path", "error"]].drop_duplicates()
+print(f"CLIP {scorer.name}; captioner {captioner.name}; detector {detector.name if detector else 'not used'}")
 print(f"{len(unreadable)} unreadable image(s), reported and left out of the means")
 unreadable
 
 # %% [markdown]
-# ## Table and figure
+# ## Tables and figures
+# One table per set (method x metric), with its CIs and counts beside it, and a figure of the same numbers.
 
 # %%
-table = metric_table(frames, dataset, n_boot)
-provenance = Provenance(
-    profile=f"{profile} -> {resolve_profile(profile)}",
-    weights=weights_id,
-    seeds=image_seeds,
-    detector=detector_name,
-    notes=f"CLIP {scorer.name}; captioner {captioner.name}; counting {'original' if original_counting else 'fixed'}; "
-    f"95% bootstrap CIs over prompts ({n_boot} resamples)",
-)
-title = f"{dataset}: method x metric"
-save_table(wide_table(table), dataset, provenance, reports, title=title)
-save_table(table, f"{dataset}_ci", provenance, reports, title=f"{dataset}: values, CIs and counts")
-figure = metric_figure(table, f"CLIP {scorer.name}; detector {detector_name}")
-save_figure(figure, f"{dataset}_metrics", provenance, reports, title=title)
-print(provenance.line())
-wide_table(table)
+for name, set_name in sets.items():
+    table = metric_table(frames[set_name], set_name, n_boot)
+    prompts = {record.prompt for record in load_prompt_set(set_name)}
+    lines = [line for line in read_manifest(images) if line.get("prompt") in prompts and line.get("method") in methods]
+    shown = "" if name == set_name else f" (the toy counterpart of {name})"
+    provenance = Provenance(
+        profile=f"{profile} -> {resolved}",
+        weights=", ".join(sorted({str(line.get("weights")) for line in lines})) or "unknown (no manifest.jsonl)",
+        seeds=",".join(sorted({str(line["seed"]) for line in lines}, key=lambda s: (len(s), s))),
+        detector=detector.name if "detection" in frames[set_name] else "not used",
+        notes=f"set {set_name}{shown}; CLIP {scorer.name}; captioner {captioner.name}; counting "
+        f"{'original' if original_counting else 'fixed'}; 95% bootstrap CIs over prompts ({n_boot} resamples)",
+    )
+    save_table(wide_table(table), set_name, provenance, reports, title=f"{set_name}{shown}: method x metric")
+    save_table(table, f"{set_name}_ci", provenance, reports, title=f"{set_name}: values, CIs and counts")
+    figure = metric_figure(table, f"{set_name}; CLIP {scorer.name}; detector {provenance.detector}")
+    save_figure(figure, f"{set_name}_metrics", provenance, reports, title=f"{set_name}{shown}: method x metric")
+    print(provenance.line())
+    display(wide_table(table))

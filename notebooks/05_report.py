@@ -26,15 +26,41 @@
 profile = "smoke"
 reports_dir = "../reports"
 
+# %% [markdown]
+# ## The papers' tables, in their shape
+# One table per paper table: its sets (or, on the toy world, their toy counterparts) by method, its metrics as
+# columns, each cell the value with its 95% CI. The cells come from the per-set tables chapter 4 measured
+# (`tables/<set>_ci.csv`); the provenance lists every source's.
+
 # %%
 from pathlib import Path
 
+import pandas as pd
 from IPython.display import Markdown, display
 
 from fidelity_lib.files import atomic_write_bytes
-from fidelity_lib.report import build_report
+from fidelity_lib.metrics.summary import PAPER_TABLE_SHAPES, method_verdicts, paper_shaped_table
+from fidelity_lib.report import Provenance, build_report, read_provenance, save_table
 
 reports = Path(reports_dir)
+measured = {path.stem.removesuffix("_ci"): pd.read_csv(path) for path in sorted((reports / "tables").glob("*_ci.csv"))}
+for shape, (caption, _, metrics) in PAPER_TABLE_SHAPES.items():
+    table = paper_shaped_table(measured, shape)
+    if table.empty:
+        print(f"{shape}: no set of this table was measured (run chapter 4 with one of its sets)")
+        continue
+    names = list(dict.fromkeys(table["set"]))
+    sources = [read_provenance(reports / "tables" / f"{name}_ci.csv") for name in names]
+    provenance = Provenance.combined(sources, notes=f"cells from tables/<set>_ci.csv of {', '.join(names)}")
+    summary = method_verdicts(pd.concat(measured[name] for name in names), metrics)
+    save_table(table, f"paper_{shape}", provenance, reports, title=caption, summary=summary)
+    display(table)
+    print(summary)
+
+# %% [markdown]
+# ## The report
+
+# %%
 markdown, refused = build_report(reports)
 benchmarks = reports / "benchmarks.md"
 if benchmarks.is_file():

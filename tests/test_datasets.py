@@ -83,3 +83,36 @@ def test_toy_sets_are_readable_split_in_half_and_name_their_subjects(name):
 def test_an_unknown_split_is_refused():
     with pytest.raises(ValueError, match="dev, held_out"):
         split_records(load_prompt_set("toy_gpt"), "test")
+
+
+def test_the_toy_profile_runs_each_paper_sets_toy_counterpart():
+    from fidelity_lib.datasets import book_records, set_for_profile
+
+    assert set_for_profile("mscoco", "toy") == "toy_mscoco" and set_for_profile("ae_animal_animal", "toy") == "toy_ae_shape_shape"
+    assert set_for_profile("mscoco", "paper") == "mscoco" and set_for_profile("toy_gpt", "paper") == "toy_gpt"
+    assert all(TOY_SETS[set_for_profile(paper, "toy")] == paper for paper in ("gpt", "vsr", "ae_object_object"))
+    with pytest.raises(UnknownPromptSetError, match="toy_mscoco"):
+        set_for_profile("coco", "toy")
+    shown = book_records(["toy_gpt", "gpt"], 2)
+    assert [r.set_name for r in shown] == ["toy_gpt", "toy_gpt", "gpt", "gpt"]
+    assert all(r.extra["split"] == "held_out" for r in shown[:2]) and shown[2:] == load_prompts("gpt")[:2]
+
+
+def test_every_prompt_the_smoke_chapters_run_is_readable_by_the_toy_text_encoder():
+    """No token the toy text encoder never learnt (a zero embedding row), and nothing cut at its 16 positions."""
+    from fidelity_lib.book import CHAPTER_PARAMETERS
+    from fidelity_lib.datasets import AE_SETS, set_for_profile
+    from fidelity_lib.toyworld.evaluate import ONE_OBJECT_PROMPTS
+    from fidelity_lib.toyworld.model import load_components, weights_available
+
+    if not weights_available():
+        pytest.skip("no toy-world weights shipped")
+    embedding = load_components()[2].get_input_embeddings().weight
+    tokenizer = clip_tokenizer(TOKENIZER_MAX_LENGTH)
+    chapter_sets = {*AE_SETS, "gpt", *CHAPTER_PARAMETERS["04_eval"]["dataset"]}
+    toy_sets = {set_for_profile(name, "toy") for name in chapter_sets} | set(TOY_SETS)
+    prompts = {record.prompt for name in toy_sets for record in load_prompt_set(name)} | set(ONE_OBJECT_PROMPTS)
+    for prompt in sorted(prompts):
+        ids = tokenizer(prompt).input_ids
+        assert len(ids) <= TOKENIZER_MAX_LENGTH, prompt
+        assert all(embedding[i].abs().sum() > 0 for i in ids), prompt

@@ -184,3 +184,18 @@ def test_batched_methods_write_what_one_image_per_call_writes(tmp_path, tiny_pip
             for seed in (0, 1):
                 one, three = (np.asarray(PIL.Image.open(image_path(tmp_path / f"b{b}", method, record.prompt, seed)), dtype=float) for b in (1, 3))
                 assert np.abs(one - three).max() <= 1  # at most one 8-bit level apart
+
+
+def test_stated_layouts_and_st_settings_reach_spatial_temporal_control(tmp_path, tiny_pipe):
+    from fidelity_lib.layout.predictor import ObjectPlacement
+    from fidelity_lib.spacetime import SpaceTimeConfig
+
+    layout = [ObjectPlacement("cat", "a cat", 0.25, 0.5), ObjectPlacement("dog", "a dog", 0.75, 0.5)]
+    options = GenerationOptions(
+        steps=2, st_config=SpaceTimeConfig(passes=1, radius=0.3, checkpointing=False), layouts={RECORDS[0].prompt: layout}
+    )
+    generate(tiny_pipe, "st", RECORDS[:1], [0], tmp_path, profile="tiny", options=options, progress=False)
+    (line,) = read_manifest(tmp_path)
+    assert [(p["phrase"], p["x"], p["y"]) for p in line["extras"]["layout"]] == [("a cat", 0.25, 0.5), ("a dog", 0.75, 0.5)]
+    # the options' steps win over the config's, the rest of the config is the one given
+    assert line["config"]["num_inference_steps"] == 2 and line["config"]["passes"] == 1 and line["config"]["radius"] == 0.3

@@ -39,3 +39,42 @@ def test_table_has_the_dataset_metrics_per_method():
     assert wide_table(table).columns.tolist() == ["method", "clip_full_text"]
     assert metrics_for("vsr")[-2:] == ["relation_accuracy", "relation_accuracy_unconditional"]
     assert "relation_accuracy" not in metrics_for("mscoco") and "clip_min_object" in metrics_for("ae_animal_object")
+
+
+def test_toy_sets_get_their_paper_sets_metrics():
+    assert metrics_for("toy_ae_shape_object") == metrics_for("ae_animal_object")
+    assert metrics_for("toy_gpt") == metrics_for("gpt") and "relation_accuracy" in metrics_for("toy_vsr")
+    assert "relation_accuracy" not in metrics_for("toy_one_object")
+
+
+def test_a_paper_shaped_table_takes_toy_counterparts_into_the_paper_rows():
+    from fidelity_lib.metrics.summary import paper_shaped_table
+
+    def long(dataset, metric, values):
+        return pd.DataFrame([{"dataset": dataset, "method": m, "metric": metric, "value": v, "low": v - 0.1, "high": v + 0.1}
+                             for m, v in values.items()])
+
+    tables = {
+        "toy_ae_object_object": pd.concat([long("toy_ae_object_object", "clip_full_text", {"sd": 0.5, "ae": 0.6}),
+                                           long("toy_ae_object_object", "blip_text_similarity", {"sd": 0.3, "ae": 0.4})]),
+        "toy_gpt": long("toy_gpt", "relation_accuracy", {"sd": 0.4, "st": 0.7}),
+    }
+    ae = paper_shaped_table(tables, "attend_excite")
+    assert list(ae["paper set"]) == ["ae_object_object"] * 2 and list(ae["method"]) == ["sd", "ae"]
+    assert list(ae.columns) == ["paper set", "set", "method", "clip_full_text", "blip_text_similarity"]
+    assert ae.loc[1, "clip_full_text"] == "0.600 [0.500, 0.700]"
+    st = paper_shaped_table(tables, "spatial_temporal")
+    assert list(st["set"]) == ["toy_gpt", "toy_gpt"] and st.loc[1, "relation_accuracy"] == "0.700 [0.600, 0.800]"
+    assert paper_shaped_table({}, "spatial_temporal").empty
+
+
+def test_method_verdicts_count_cells_above_below_and_overlapping_the_baseline():
+    from fidelity_lib.metrics.summary import method_verdicts
+
+    rows = [("s", "sd", "m", 0.5, 0.45, 0.55), ("s", "ae", "m", 0.7, 0.6, 0.8), ("s", "st", "m", 0.3, 0.2, 0.4),
+            ("t", "sd", "m", 0.5, 0.4, 0.6), ("t", "ae", "m", 0.55, 0.45, 0.65), ("t", "st", "m", 0.5, 0.4, 0.6),
+            ("t", "ae", "other", 0.9, 0.9, 0.9)]
+    long = pd.DataFrame(rows, columns=["dataset", "method", "metric", "value", "low", "high"])
+    sentence = method_verdicts(long, ("m",))
+    assert "ae: above sd on 1, below on 0, CIs overlapping on 1 of 2" in sentence
+    assert "st: above sd on 0, below on 1, CIs overlapping on 1 of 2" in sentence

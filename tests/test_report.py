@@ -55,3 +55,31 @@ def test_benchmark_sections_replace_only_their_own_block(tmp_path):
     text = path.read_text()
     assert text.count("## A") == 1 and "first, again" in text and "second" in text
     assert text.index("## A") < text.index("## B")
+
+
+def test_provenance_labels_what_is_not_stable_diffusion():
+    assert "not Stable Diffusion" not in Provenance("paper -> paper", "sd-v1-4").line()
+    assert "toy world: not Stable Diffusion" in Provenance("smoke -> toy", "toyworld@x").line()
+    assert "random tiny models" in Provenance("smoke -> tiny", "tiny").line()
+    mixed = Provenance.combined([{"profile": "paper -> paper", "weights": "a"}, {"profile": "smoke -> toy", "weights": "b"}])
+    assert mixed.weights == "a; b" and "mixed profiles: not Stable Diffusion" in mixed.line()
+
+
+def test_a_rerun_with_the_same_content_leaves_the_artefact_and_its_record_alone(tmp_path):
+    table = pd.DataFrame({"method": ["sd", "ae"], "value": [0.5, 0.6]})
+    first = Provenance("smoke -> toy", "toyworld@x", date="2026-01-01 00:00 UTC", commit="aaa")
+    save_table(table, "t", first, tmp_path)
+    figure, axis = plt.subplots()
+    axis.plot([0, 1])
+    save_figure(figure, "f", first, tmp_path)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*.*")}
+    later = Provenance("smoke -> toy", "toyworld@x", date="2026-02-02 00:00 UTC", commit="bbb")
+    save_table(table, "t", later, tmp_path)
+    figure, axis = plt.subplots()
+    axis.plot([0, 1])
+    save_figure(figure, "f", later, tmp_path)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*.*")} == before  # same content: nothing rewritten
+    save_table(table.assign(value=[0.5, 0.7]), "t", later, tmp_path)  # new content: the table and its record change
+    assert json.loads((tmp_path / "tables" / "t.provenance.json").read_text())["commit"] == "bbb"
+    assert "0.7000" in (tmp_path / "tables" / "t.md").read_text()
+    assert json.loads((tmp_path / "figures" / "f.provenance.json").read_text())["commit"] == "aaa"

@@ -86,3 +86,23 @@ def test_the_chosen_settings_are_the_dev_splits_best():
     paired, provenance = read_results("calibrate_paired")
     assert provenance["seeds"].startswith("dev split") and provenance["weights"] == weights_id()
     assert best_candidate(paired, "ae") == CHOSEN_AE and best_candidate(paired, "st") == CHOSEN_ST
+
+
+def test_chapters_run_toy_records_with_the_toy_worlds_chosen_settings():
+    from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs
+    from fidelity_lib.datasets import TOY_SPLIT_SEEDS, book_records
+    from fidelity_lib.toyworld.calibration import CHOSEN_ST, ST_CANDIDATES, toy_ae_config, toy_st_config
+
+    records, options = generation_inputs(book_records(["toy_gpt", "toy_mscoco"], 1), "toy", 25)
+    assert options.ae_config == toy_ae_config() and options.st_config == toy_st_config() and options.steps == 25
+    relation, listed = (options.layouts[r.prompt] for r in records)
+    gap = ST_CANDIDATES[CHOSEN_ST][1]
+    first, second = relation
+    assert abs(abs(first.x - second.x) + abs(first.y - second.y) - 2 * gap) < 1e-9  # 2 x gap apart along the relation
+    assert len(listed) == 3 and [p.x for p in listed] == sorted(p.x for p in listed)
+    assert chapter_seeds("toy", 2) == list(TOY_SPLIT_SEEDS["held_out"][:2]) and chapter_seeds("paper", 2) == list(range(64))
+    assert chapter_steps("paper") == 50 and chapter_steps("toy") == 25
+    paper_records, paper_options = generation_inputs(book_records(["gpt"], 1), "paper", 50)
+    assert paper_options.st_config is None and paper_options.layouts is None and paper_records == book_records(["gpt"], 1)
+    with pytest.raises(ValueError, match="toy-set records only"):
+        generation_inputs(book_records(["gpt"], 1), "toy", 25)

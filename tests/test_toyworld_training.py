@@ -64,7 +64,7 @@ def test_the_grounding_loss_falls_while_training_the_toy_unet():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-TINY_RUN = ["--n-scenes", "48", "--n-latents", "48", "--vae-steps", "2", "--unet-steps", "3", "--clip-steps", "1",
+TINY_RUN = ["--n-scenes", "48", "--n-latents", "48", "--vae-steps", "2", "--unet-steps", "2", "--ground-steps", "3", "--clip-steps", "1",
             "--blip-steps", "1", "--batch-size", "4", "--threads", "1"]
 
 
@@ -87,7 +87,9 @@ def test_training_reproduces_its_checksums_and_resumes_after_a_kill(tmp_path, mo
     monkeypatch.setattr(train, "grounding_loss", killed_at_the_third_step)
     with pytest.raises(KeyboardInterrupt):
         train.main(["--out", str(tmp_path / "b"), "--weights-dir", str(tmp_path / "wb"), *TINY_RUN])
-    assert not (tmp_path / "b" / "unet_final.pt").exists() and (tmp_path / "b" / "unet.ckpt").exists()
+    # killed inside the grounded fine-tune, after the plain UNet stage finished
+    assert (tmp_path / "b" / "unet_final.pt").exists() and not (tmp_path / "b" / "ground_final.pt").exists()
+    assert (tmp_path / "b" / "ground.ckpt").exists()
     train.main(["--out", str(tmp_path / "b"), "--weights-dir", str(tmp_path / "wb"), *TINY_RUN])
     assert checksums(tmp_path / "wa") == checksums(tmp_path / "wb")
     assert len(checksums(tmp_path / "wa").splitlines()) == 8  # diffusion weights, toy CLIP and toy BLIP

@@ -15,7 +15,7 @@ from fidelity_lib.layout.extraction import record_mentions
 from fidelity_lib.layout.model import RELATION_AXES
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
 
-LAYOUTS_DIR = Path(__file__).resolve().parents[2] / "data" / "layouts"
+LAYOUTS_DIR = Path(__file__).resolve().parents[2] / "reports" / "layouts"  # the book's chapter 1 writes them
 
 
 def relation_holds(subject: tuple[float, float], obj: tuple[float, float], relation: str) -> bool:

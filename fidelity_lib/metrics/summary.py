@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fidelity_lib.datasets import AE_SETS
+from fidelity_lib.datasets import AE_SETS, TOY_SETS
 
 # metric name -> (frame kind, numerator column, denominator column or None for a flat mean over images)
 METRICS = {
@@ -21,7 +21,10 @@ METRICS = {
 
 
 def metrics_for(dataset: str) -> list[str]:
-    """The metrics the papers report for a prompt set (MSCOCO captions carry no relation labels)."""
+    """The metrics the papers report for a prompt set (MSCOCO captions carry no relation labels); a toy set gets its paper
+    counterpart's, the one-object control those of a set without relations."""
+    if dataset in TOY_SETS:
+        dataset = TOY_SETS[dataset] or "mscoco"
     if dataset in AE_SETS:
         return ["clip_full_text", "clip_min_object", "blip_text_similarity"]
     relations = [] if dataset == "mscoco" else ["relation_accuracy", "relation_accuracy_unconditional"]
@@ -100,3 +103,54 @@ def metric_figure(table: pd.DataFrame, subtitle: str = ""):
     figure.tight_layout()
     figure.subplots_adjust(bottom=0.18)  # room for the provenance line report.save_figure writes at the bottom
     return figure
+
+
+# paper table -> (its caption, the sets it reports, the metrics it reports); toy counterparts stand in on the toy world
+PAPER_TABLE_SHAPES = {
+    "attend_excite": (
+        "Attend-and-Excite's quantitative comparison: CLIP image-text (full prompt, minimum object) and BLIP text-text",
+        tuple(AE_SETS), ("clip_full_text", "clip_min_object", "blip_text_similarity"),
+    ),
+    "spatial_temporal": (
+        "Spatial-temporal control's comparison: detector object accuracy and spatial-relation accuracy",
+        ("gpt", "mscoco", "vsr"), ("object_accuracy", "relation_accuracy"),
+    ),
+}
+
+
+def paper_shaped_table(tables: dict[str, pd.DataFrame], shape: str) -> pd.DataFrame:
+    """A paper table's rows (set x method) and columns (its metrics) from the book's long tables (``metric_table``),
+    keyed by set name; a toy counterpart fills its paper set's row and is named in the "set" column."""
+    _, paper_sets, metrics = PAPER_TABLE_SHAPES[shape]
+    counterparts = {toy: paper for toy, paper in TOY_SETS.items() if paper in paper_sets}
+    wanted = [name for name in tables if name in paper_sets or name in counterparts]
+    if not wanted:
+        return pd.DataFrame(columns=["paper set", "set", "method", *metrics])
+    long = pd.concat([tables[name] for name in wanted])
+    long = long[long["metric"].isin(metrics)]
+    wide = long.assign(cell=[format_cell(v, l, h) for v, l, h in zip(long["value"], long["low"], long["high"])])
+    wide = wide.pivot_table(index=["dataset", "method"], columns="metric", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=[m for m in metrics if m in wide.columns]).reset_index().rename(columns={"dataset": "set"})
+    wide.insert(0, "paper set", [counterparts.get(name, name) for name in wide["set"]])
+    return wide.fillna("not reported for this set").rename_axis(columns=None)  # e.g. relations on MS-COCO
+
+
+def method_verdicts(long: pd.DataFrame, metrics: tuple[str, ...], baseline: str = "sd") -> str:
+    """One sentence: per method, on how many (set, metric) cells its 95% CI lies above the baseline's, below it, or
+    overlaps it (``long`` as ``metric_table`` writes it, several sets concatenated)."""
+    cells = long[long["metric"].isin(metrics)]
+    reference = cells[cells["method"] == baseline].set_index(["dataset", "metric"])
+    parts = []
+    for method, group in cells[cells["method"] != baseline].groupby("method", sort=False):
+        counts = {"higher": 0, "lower": 0, "overlapping": 0}
+        for row in group.itertuples():
+            if (row.dataset, row.metric) not in reference.index or np.isnan(row.value):
+                continue
+            base = reference.loc[(row.dataset, row.metric)]
+            counts["higher" if row.low > base["high"] else "lower" if row.high < base["low"] else "overlapping"] += 1
+        total = sum(counts.values())
+        parts.append(f"{method}: above {baseline} on {counts['higher']}, below on {counts['lower']}, CIs overlapping on "
+                     f"{counts['overlapping']} of {total} (set, metric) cells")
+    if not parts:
+        return f"No method besides {baseline} was measured."
+    return "Against the baseline, by 95% CIs over prompts: " + "; ".join(parts) + "."

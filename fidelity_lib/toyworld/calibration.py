@@ -7,13 +7,18 @@ in ``data/toyworld/results/calibrate_rates.csv`` and ``calibrate_paired.csv``, w
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 
 from fidelity_lib.attend_excite import AttendExciteConfig
-from fidelity_lib.datasets import TOY_AE_SETS, TOY_RELATION_SETS
+from fidelity_lib.datasets import TOY_AE_SETS, TOY_RELATION_SETS, TOY_SETS, PromptRecord
+from fidelity_lib.generate import GenerationOptions
+from fidelity_lib.layout.predictor import ObjectPlacement
 from fidelity_lib.spacetime import SpaceTimeConfig
-from fidelity_lib.toyworld.evaluate import SAMPLING
-from fidelity_lib.toyworld.experiment import Job, Plan, Setting
+from fidelity_lib.toyworld.evaluate import SAMPLING, relation_layout
+from fidelity_lib.toyworld.experiment import Job, Plan, Setting, subject_indices
+from fidelity_lib.toyworld.scenes import parse_caption
 
 STEPS = SAMPLING["num_inference_steps"]  # 25: the toy world samples with half the paper's 50 PNDM steps
 HALF = STEPS // 2  # the paper alters the first 25 of 50 steps
@@ -36,6 +41,9 @@ AE_CANDIDATES = {
     "ae-16-colours-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}), "colours-and-nouns"),
     "ae-8-colours-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8), "colours-and-nouns"),
     "ae-8-nouns-x2": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8, scale_factor=40.0), "nouns"),
+    # Gentler or shorter guidance: half the step size, or only the first quarter of the steps.
+    "ae-16-colours-nouns-half": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, scale_factor=10.0), "colours-and-nouns"),
+    "ae-16-colours-nouns-6": (AttendExciteConfig(max_iter_to_alter=6, thresholds={}), "colours-and-nouns"),
     # Refinement with thresholds scaled to half the steps (step 0, 5, 10) and capped at 5 iterations.
     "ae-8-nouns-refine": (
         AttendExciteConfig(max_iter_to_alter=HALF, thresholds={0: 0.05, 5: 0.5, 10: 0.8}, attention_res=8, max_refinement_steps=5),
@@ -88,6 +96,32 @@ def toy_ae_excite() -> str:
 def toy_st_config() -> SpaceTimeConfig:
     """Spatial-temporal control on the toy world: the dev split's choice (CHOSEN_ST; see calibrate_rates.csv)."""
     return ST_CANDIDATES[CHOSEN_ST][0]
+
+
+def stated_layout(prompt: str, gap: float) -> list[ObjectPlacement]:
+    """Two objects on their sides of the stated relation (relation_layout); a list of three, left to right in order."""
+    mentions = parse_caption(prompt).mentions
+    if len(mentions) == 2:
+        return relation_layout(prompt, gap)
+    spread = [0.5 + gap * 1.5 * (k - (len(mentions) - 1) / 2) for k in range(len(mentions))]
+    return [ObjectPlacement(m.shape, f"a {m.name}", x, 0.5) for m, x in zip(mentions, spread)]
+
+
+def toy_generation(records: list[PromptRecord], batch_size: int = 16) -> tuple[list[PromptRecord], GenerationOptions]:
+    """The generator's inputs for toy-set records with the toy world's chosen settings (what the headline ran): the
+    records with CHOSEN_AE's excited tokens as subjects, and options with the toy sampling, CHOSEN_AE, CHOSEN_ST and the
+    stated layout of every prompt (stated_layout)."""
+    foreign = sorted({record.set_name for record in records if record.set_name not in TOY_SETS})
+    if foreign:
+        raise ValueError(f"toy_generation takes toy-set records only, not records of {', '.join(map(str, foreign))}.")
+    excited = [replace(record, subject_token_indices=subject_indices(record, toy_ae_excite())) for record in records]
+    gap = ST_CANDIDATES[CHOSEN_ST][1]
+    layouts = {record.prompt: stated_layout(record.prompt, gap) for record in records}
+    options = GenerationOptions(
+        steps=STEPS, guidance_scale=SAMPLING["guidance_scale"], batch_size=batch_size, ae_config=toy_ae_config(),
+        st_config=toy_st_config(), layouts=layouts,
+    )
+    return excited, options
 
 
 def baseline() -> Setting:

@@ -1,4 +1,4 @@
-"""Train the toy world on a CPU: VAE, then UNet + text encoder on VAE latents with a token-grounding loss, then a small CLIP.
+"""Train the toy world on a CPU: VAE, UNet + text encoder on VAE latents, a token-grounding fine-tune, a small CLIP and BLIP.
 
     python -m fidelity_lib.toyworld.train --stage all --threads 1
     python -m fidelity_lib.toyworld.train --stage unet   # resumes from ~/.cache/fidelity_lib/toyworld_run
@@ -8,7 +8,8 @@ minutes (atomic writes) and resumes from its checkpoint exactly: the same argume
 bytes, interrupted or not. ``export`` writes the shipped weights into data/toyworld/ with SHA256SUMS, and
 training.json records the command, the thread count and every stage's log.
 
-The UNet's loss is the diffusion loss plus ``ground_weight`` times TokenCompose's token term (Wang et al., CVPR 2024,
+The UNet stage trains on the diffusion loss alone; the ``ground`` stage then fine-tunes UNet and text encoder for
+``--ground-steps`` steps on the diffusion loss plus ``ground_weight`` times TokenCompose's token term (Wang et al., CVPR 2024,
 "TokenCompose", its ``L_token``): for each grounded token t of an object and the object's mask M at the layer's grid,
 (1 - sum_p M_p A_pt / sum_p A_pt)^2, averaged over objects, tokens and every cross-attention layer (16x16 and 8x8).
 """
@@ -22,6 +23,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -266,8 +268,32 @@ def caption_ids(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[[row[c] for c in captions]], ids[-1]
 
 
-def train_unet(out: Path, steps: int, scenes: list[Scene], seed: int, batch_size: int, ground: str, ground_weight: float) -> None:
+@dataclass(frozen=True)
+class UnetStage:
+    """One UNet + text-encoder stage: its checkpoint name, steps, learning rate, grounding and starting weights."""
+
+    name: str
+    steps: int
+    base_lr: float
+    warmup: int
+    ground: str
+    ground_weight: float
+    init: str | None = None  # a previous stage's final file in the run folder
+
+
+def unet_stages(args: argparse.Namespace) -> list[UnetStage]:
+    """Plain diffusion training, then a grounded fine-tune; with ``--ground-steps 0`` the UNet stage itself is grounded."""
+    if args.ground_steps == 0:
+        return [UnetStage("unet", args.unet_steps, 1e-3, 100, args.ground, args.ground_weight)]
+    return [
+        UnetStage("unet", args.unet_steps, 1e-3, 100, "none", 0.0),
+        UnetStage("ground", args.ground_steps, args.ground_lr, 20, args.ground, args.ground_weight, init="unet_final.pt"),
+    ]
+
+
+def train_unet(out: Path, stage: UnetStage, scenes: list[Scene], seed: int, batch_size: int) -> None:
     """UNet2DConditionModel + CLIPTextModel, epsilon prediction, 10% caption dropout, plus the grounding loss."""
+    ground, ground_weight = stage.ground, stage.ground_weight
     seed_everything(seed)
     latents = torch.load(out / "latents.pt")
     scaling = load_vae(out).config.scaling_factor
@@ -275,6 +301,12 @@ def train_unet(out: Path, steps: int, scenes: list[Scene], seed: int, batch_size
     ids, empty_ids = caption_ids([scene.caption for scene in scenes])
     ground_tokens, ground_masks = grounding_targets(scenes, ground)
     unet, text_encoder = build_unet(), build_text_encoder(compact_vocabulary=True)
+    if stage.init is not None:
+        if not (out / stage.init).exists():
+            raise SystemExit(f"the {stage.name} stage starts from {out / stage.init}; run --stage unet first")
+        start = torch.load(out / stage.init, weights_only=False)
+        unet.load_state_dict(start["unet"])
+        text_encoder.load_state_dict(start["text_encoder"])
     noise_scheduler = training_noise_scheduler()
     store = AttentionStore(keep_graph=True, branches="both", mean_heads=True)
     store.active = ground != "none" and ground_weight > 0
@@ -296,8 +328,9 @@ def train_unet(out: Path, steps: int, scenes: list[Scene], seed: int, batch_size
         return diffusion + ground_weight * grounding, {"diffusion": diffusion.item(), "grounding": grounding.item()}
 
     with attention_hook(unet, cross_attention_layers(unet, (unet.config.sample_size,) * 2), store):
-        state = train_loop("unet", {"unet": unet, "text_encoder": text_encoder}, step, out, steps, 1e-3, 100, seed)
-    atomic_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "log": state}, out / "unet_final.pt")
+        modules = {"unet": unet, "text_encoder": text_encoder}
+        state = train_loop(stage.name, modules, step, out, stage.steps, stage.base_lr, stage.warmup, seed)
+    atomic_save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "log": state}, out / STAGE_OUTPUTS[stage.name])
 
 
 def train_clip(out: Path, steps: int, images: torch.Tensor, captions: list[str], seed: int) -> None:
@@ -339,10 +372,10 @@ def train_blip(out: Path, steps: int, images: torch.Tensor, captions: list[str],
     atomic_save({"blip": model.state_dict(), "log": state}, out / "blip_final.pt")
 
 
-def export(out: Path, weights_dir: Path) -> None:
+def export(out: Path, weights_dir: Path, stages: list[UnetStage]) -> None:
     """Write the trained weights (and the toy CLIP when trained) into ``weights_dir`` with SHA256SUMS and training.json."""
     vae = load_vae(out)
-    saved = torch.load(out / "unet_final.pt", weights_only=False)
+    saved = torch.load(out / STAGE_OUTPUTS[stages[-1].name], weights_only=False)
     unet, text_encoder = build_unet(), build_text_encoder(compact_vocabulary=True)
     unet.load_state_dict(saved["unet"])
     text_encoder.load_state_dict(saved["text_encoder"])
@@ -351,8 +384,7 @@ def export(out: Path, weights_dir: Path) -> None:
     logs = {
         "arguments": json.loads((out / ARGUMENTS_FILE).read_text(encoding="utf-8")),
         "vae": vae_saved["log"] | {"held_out_reconstruction_mse": vae_saved["reconstruction_mse"]},
-        "unet": saved["log"],
-    }
+    } | {stage.name: torch.load(out / STAGE_OUTPUTS[stage.name], weights_only=False)["log"] for stage in stages}
     if (out / "clip_final.pt").exists():
         clip_saved = torch.load(out / "clip_final.pt", weights_only=False)
         model = build_clip(compact_vocabulary=True)
@@ -371,18 +403,25 @@ def export(out: Path, weights_dir: Path) -> None:
 
 
 ARGUMENTS_FILE = "arguments.json"
-STAGE_OUTPUTS = {"vae": "vae_final.pt", "encode": "latents.pt", "unet": "unet_final.pt", "clip": "clip_final.pt", "blip": "blip_final.pt"}
+STAGE_OUTPUTS = {
+    "vae": "vae_final.pt", "encode": "latents.pt", "unet": "unet_final.pt", "ground": "ground_final.pt", "clip": "clip_final.pt",
+    "blip": "blip_final.pt",
+}
 RECORDED_ARGUMENTS = (
-    "vae_steps", "unet_steps", "clip_steps", "blip_steps", "n_scenes", "n_latents", "batch_size", "seed", "threads", "ground", "ground_weight",
-    "object_counts",
+    "vae_steps", "unet_steps", "ground_steps", "ground_lr", "clip_steps", "blip_steps", "n_scenes", "n_latents", "batch_size", "seed",
+    "threads", "ground", "ground_weight", "object_counts",
 )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("vae", "encode", "unet", "clip", "blip", "export", "all"), default="all")
+    parser.add_argument("--stage", choices=("vae", "encode", "unet", "ground", "clip", "blip", "export", "all"), default="all")
     parser.add_argument("--vae-steps", type=int, default=400)
-    parser.add_argument("--unet-steps", type=int, default=2400)
+    parser.add_argument("--unet-steps", type=int, default=1800, help="plain diffusion steps (grounded too when --ground-steps is 0)")
+    parser.add_argument(
+        "--ground-steps", type=int, default=600, help="steps of the grounded fine-tune after the UNet stage; 0 grounds the UNet stage itself"
+    )
+    parser.add_argument("--ground-lr", type=float, default=3e-4, help="peak learning rate of the grounded fine-tune")
     parser.add_argument("--clip-steps", type=int, default=300)
     parser.add_argument("--blip-steps", type=int, default=2400)
     parser.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="checkpoint folder")
@@ -402,6 +441,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         shares = []
     if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
         parser.error(f"--object-counts takes three shares that sum to 1 (one, two, three objects), not {args.object_counts!r}")
+    if args.ground_steps < 0 or args.ground_lr <= 0:
+        parser.error(f"--ground-steps must be >= 0 and --ground-lr positive, not {args.ground_steps} and {args.ground_lr}")
+    if args.stage == "ground" and args.ground_steps == 0:
+        parser.error("--stage ground needs --ground-steps > 0 (with 0, the UNet stage is the grounded one)")
     for name in ("vae_steps", "unet_steps", "clip_steps", "blip_steps", "n_scenes", "n_latents", "batch_size", "threads"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
@@ -433,7 +476,9 @@ def main(argv: list[str] | None = None) -> None:
     counts = dict(zip((1, 2, 3), (float(share) for share in args.object_counts.split(","))))
     scenes = generate_scenes(args.n_scenes, args.seed, counts)
     images, captions = scene_images(scenes), [scene.caption for scene in scenes]
-    stages = ("vae", "encode", "unet", "clip", "blip", "export") if args.stage == "all" else (args.stage,)
+    diffusion_stages = {stage.name: stage for stage in unet_stages(args)}
+    every_stage = ("vae", "encode", *diffusion_stages, "clip", "blip", "export")
+    stages = every_stage if args.stage == "all" else (args.stage,)
     for stage in stages:
         stage_started = time.monotonic()
         if args.stage == "all" and stage in STAGE_OUTPUTS and (args.out / STAGE_OUTPUTS[stage]).exists():
@@ -443,14 +488,15 @@ def main(argv: list[str] | None = None) -> None:
             train_vae(args.out, args.vae_steps, images, scene_images(generate_scenes(1024, VALIDATION_SEED)), args.seed)
         elif stage == "encode":
             encode_latents(args.out, images, min(args.n_latents, len(images)))
-        elif stage == "unet":
-            train_unet(args.out, args.unet_steps, scenes, args.seed, args.batch_size, args.ground, args.ground_weight)
+        elif stage in diffusion_stages:
+            seed = args.seed + list(diffusion_stages).index(stage)  # the fine-tune draws other batches than the first stage
+            train_unet(args.out, diffusion_stages[stage], scenes, seed, args.batch_size)
         elif stage == "clip":
             train_clip(args.out, args.clip_steps, images, captions, args.seed)
         elif stage == "blip":
             train_blip(args.out, args.blip_steps, images, captions, args.seed)
         else:
-            export(args.out, args.weights_dir)
+            export(args.out, args.weights_dir, list(diffusion_stages.values()))
         print(f"[{stage}] done in {(time.monotonic() - stage_started) / 60:.1f} min (total {(time.monotonic() - started) / 60:.1f} min)", flush=True)
 
 
