@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test book lab lock clean-venv
+.PHONY: setup test test-fast book lab lock clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  # every test not marked slow (each slow one takes over ~10 s)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 book: setup
 	$(PY) -m fidelity_lib.book --profile smoke

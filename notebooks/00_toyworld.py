@@ -21,8 +21,8 @@
 # SD's own classes (`AutoencoderKL`, `UNet2DConditionModel` with cross-attention at 16x16 and 8x8, `CLIPTextModel`
 # with the real CLIP tokenizer, the PNDM sampler, classifier-free guidance), so every method runs through the code
 # paths it uses on SD v1.4. It is trained mostly on one-object scenes, so that, like SD, it neglects objects of
-# two-object prompts, and with a token-grounding loss (TokenCompose's token term on every 16x16 and 8x8
-# cross-attention layer), so that each noun's cross-attention lands on its object, as it does in SD. An exact
+# two-object prompts, and then fine-tuned with a token-grounding loss (TokenCompose's token term on every 16x16 and
+# 8x8 cross-attention layer), so that each noun's cross-attention lands on its object, as it does in SD. An exact
 # detector (colour segmentation + shape from the mask) measures presence and spatial relations, a small CLIP and a
 # small BLIP trained on the same scenes stand in for the papers' metric models.
 #

@@ -100,7 +100,7 @@ for row, (label, index, token) in enumerate(rows):
     result, step_maps, _ = runs[label]
     axes[row, 0].imshow(result.image)
     axes[row, 0].set_title(f"{label}", fontsize=8)
-    axes[row, 0].set_ylabel(f"'{token}'", fontsize=9)
+    axes[row, 0].set_ylabel(f"'{token}' #{index}", fontsize=9)
     for column, maps in enumerate(step_maps, start=1):
         token_map = maps.mean_over_layers(resolution)[..., index]
         axes[row, column].imshow(normalised_map(token_map), cmap="magma", vmin=0, vmax=1)
@@ -124,7 +124,7 @@ for row, (index, token) in enumerate(zip(subjects, tokens)):
         layer = last.layers[name]
         axes[row, column].set_title(f"{layer.place} {layer.resolution[0]}x{layer.resolution[1]}", fontsize=7)
         axes[row, column].set_xticks([]); axes[row, column].set_yticks([])
-    axes[row, 0].set_ylabel(f"'{token}'", fontsize=9)
+    axes[row, 0].set_ylabel(f"'{token}' #{index}", fontsize=9)
 save_figure(figure, "explain_layers", provenance, reports, f"Subject attention per layer at step {last.step} (A&E)")
 plt.show()
 

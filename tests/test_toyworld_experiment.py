@@ -18,6 +18,8 @@ def test_pairs_cover_every_prompt_of_the_split_with_its_own_seeds():
     assert len(pairs) >= 600 and len(pairs) < 600 + 54
     assert {record.extra["split"] for record, _ in pairs} == {"held_out"}
     assert all(seed in TOY_SPLIT_SEEDS["held_out"] for _, seed in pairs)
+    assert len({seed for _, seed in pairs}) == len(pairs)  # no two pairs share a starting noise
+    assert pairs_for("toy_ae_object_object", "held_out", 100) == pairs[:108]  # more pairs extend, never reshuffle
     dev_prompts = {record.prompt for record, _ in pairs_for("toy_ae_object_object", "dev", 54)}
     assert not dev_prompts & {record.prompt for record, _ in pairs}
 

@@ -95,3 +95,14 @@ def test_training_reproduces_its_checksums_and_resumes_after_a_kill(tmp_path, mo
     assert len(checksums(tmp_path / "wa").splitlines()) == 8  # diffusion weights, toy CLIP and toy BLIP
     with pytest.raises(SystemExit, match="other arguments"):
         train.main(["--out", str(tmp_path / "b"), *TINY_RUN[:-2], "--threads", "2"])
+
+
+def test_grounding_is_a_fine_tune_after_plain_training_unless_ground_steps_is_zero():
+    plain, grounded = train.unet_stages(train.parse_args([]))
+    assert (plain.name, plain.ground_weight, plain.init) == ("unet", 0.0, None)
+    assert (grounded.name, grounded.ground, grounded.init, grounded.steps) == ("ground", "nouns", "unet_final.pt", 600)
+    assert grounded.base_lr < plain.base_lr
+    (scratch,) = train.unet_stages(train.parse_args(["--ground-steps", "0", "--ground-weight", "3"]))
+    assert (scratch.name, scratch.ground, scratch.ground_weight, scratch.steps) == ("unet", "nouns", 3.0, 1800)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--stage", "ground", "--ground-steps", "0"])

@@ -62,10 +62,13 @@ class Setting:
 
 
 def pairs_for(set_name: str, split: str, n_pairs: int) -> list[tuple[PromptRecord, int]]:
-    """At least ``n_pairs`` (prompt, seed) pairs of a split: every prompt of the split, each with the split's first seeds."""
+    """At least ``n_pairs`` (prompt, seed) pairs of a split: every prompt of the split in turn, each pair with a seed of
+    its own (the split's seeds in order). Pairs that shared a few seeds across prompts would share their starting
+    noises, and a handful of noises then sways a whole set's rate beyond what a CI over pairs admits."""
     records = split_records(load_prompt_set(set_name), split)
-    seeds = list(TOY_SPLIT_SEEDS[split][: math.ceil(n_pairs / len(records))])
-    return [(record, seed) for seed in seeds for record in records]
+    seeds = TOY_SPLIT_SEEDS[split]
+    rounds = math.ceil(n_pairs / len(records))
+    return [(record, seeds[k * len(records) + i]) for k in range(rounds) for i, record in enumerate(records)]
 
 
 def subject_indices(record: PromptRecord, excite: str) -> tuple[int, ...]:
