@@ -110,8 +110,10 @@ def test_smoke_book(tmp_path):
     ae = pd.read_csv(reports / "tables" / "paper_attend_excite.csv")
     assert set(ae["set"]) == {"toy_ae_shape_shape", "toy_ae_shape_object", "toy_ae_object_object"}
     assert set(ae["method"]) == {"sd", "ae", "st", "st+ae"} and ae["clip_min_object"].str.match(r"^0\.\d{3} \[").all()
-    st = pd.read_csv(reports / "tables" / "paper_spatial_temporal.csv")
-    assert {"toy_gpt", "toy_mscoco"} <= set(st["set"]) and st.loc[st["set"] == "toy_gpt", "relation_accuracy"].notna().all()
+    st = pd.read_csv(reports / "tables" / "paper_spatial_temporal.csv", keep_default_na=False)  # keep "n/a" cells
+    relation = st.loc[st["set"] == "toy_gpt", "relation_accuracy"]
+    assert {"toy_gpt", "toy_mscoco"} <= set(st["set"]) and relation.str.match(r"^(0|1)\.\d{3} \[|^n/a$").all()
+    assert relation.str.match(r"^(0|1)\.\d{3} \[").any()  # relations are measured where both objects were found
     coco = json.loads((reports / "tables" / "toy_mscoco.provenance.json").read_text())
     assert "toy counterpart of mscoco" in coco["notes"] and "toy world: not Stable Diffusion" in coco["line"]
     assert (reports / "figures" / "02_generate_ae_grid_toy_ae_object_object.png").is_file()
