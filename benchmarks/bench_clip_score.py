@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fidelity_lib.clip import random_clip
 from fidelity_lib.datasets import load_prompt_set, prompt_folder_name
-from fidelity_lib.metrics.clip_score import ClipScorer, clip_score, random_vit_b16, split_prompt, template_texts
+from fidelity_lib.metrics.clip_score import ClipScorer, clip_score, split_prompt, template_texts
 from fidelity_lib.report import write_benchmark_section
 
 DATASET, PROMPTS, SEEDS = "ae_animal_animal", 16, 4
@@ -57,7 +58,7 @@ def original_loop(clip, root: Path) -> dict[str, list[float]]:
     return results
 
 def main() -> None:
-    clip = random_vit_b16(seed=0)
+    clip = random_clip("ViT-B-16", seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_images(root)

@@ -35,12 +35,13 @@ def _rss_bytes() -> int:
 
 def measure(configuration: str, steps: int) -> dict:
     """Run one configuration in this process: seconds and peak resident bytes above the post-setup baseline."""
+    from fidelity_lib.components import load_loss_clip
     from fidelity_lib.layout.predictor import ObjectPlacement
     from fidelity_lib.models import tiny_pipeline
-    from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate, tiny_clip
+    from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate
 
     torch.set_num_threads(1)
-    pipe, clip = tiny_pipeline(), tiny_clip()
+    pipe, clip = tiny_pipeline(), load_loss_clip("tiny")
     layout = [ObjectPlacement("cat", "a cat", 0.3, 0.5), ObjectPlacement("dog", "a dog", 0.7, 0.5)]
     baseline = _rss_bytes()
     start = time.perf_counter()

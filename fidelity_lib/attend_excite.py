@@ -1,6 +1,6 @@
 """Attend-and-Excite (Chefer et al., SIGGRAPH 2023) on a diffusers Stable Diffusion pipeline.
 
-The loop follows the official code (``yuval-alaluf/Attend-and-Excite``, see ``specs/attend_and_excite.md``) step by
+The loop follows the official code (``yuval-alaluf/Attend-and-Excite``, ``docs/official_attend_and_excite.md``) step by
 step, with two savings that do not change the image: no grad-enabled forward once no step can change the latent,
 and no unused forwards in the iterative refinement (each latent goes through the UNet once). The A&E forward also
 stops right after the last cross-attention layer it reads, since nothing after it reaches the loss.
@@ -8,11 +8,9 @@ stops right after the last cross-attention layer it reads, since nothing after i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import PIL.Image
@@ -20,6 +18,15 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
+from fidelity_lib.prompts import (
+    check_prompt,
+    check_prompt_length,
+    check_token_indices,
+    eot_index,
+    prompt_tokens,
+    subject_token_indices,
+    uses_sd2_tokenizer,
+)
 from fidelity_lib.attention import (
     AttentionStore,
     ForwardComplete,
@@ -79,36 +86,8 @@ class AttendExciteResult:
         }
 
 
-class EmptyPromptError(ValueError):
-    """The prompt has no text."""
-
-
-class TokenIndexError(ValueError):
-    """A subject token index does not point at a word of the prompt."""
-
-
-class PromptTooLongError(ValueError):
-    """The prompt has more tokens than the text encoder reads; the rest would be cut silently."""
-
-
 class ImageSizeError(ValueError):
     """An image height or width that is not a positive multiple of 8."""
-
-
-def check_prompt(prompt: str) -> None:
-    """Raise EmptyPromptError for a prompt that is empty or only whitespace."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise EmptyPromptError(f"The prompt is empty ({prompt!r}): write what the image should show.")
-
-
-def check_prompt_length(tokenizer, prompt: str) -> None:
-    """Raise PromptTooLongError when the prompt does not fit the tokenizer's window with <sot> and <eot>."""
-    count = len(tokenizer(prompt).input_ids)
-    if count > tokenizer.model_max_length:
-        raise PromptTooLongError(
-            f"The prompt has {count - 2} tokens; the text encoder reads {tokenizer.model_max_length - 2} and would cut "
-            f"the rest silently: shorten it ({prompt[:60]!r}...)."
-        )
 
 
 def check_image_size(height: int, width: int) -> None:
@@ -116,89 +95,6 @@ def check_image_size(height: int, width: int) -> None:
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value <= 0 or value % 8:
             raise ImageSizeError(f"{name}={value!r} must be a positive multiple of 8 (e.g. 512 for SD v1.4, 64 for the tiny model).")
-
-
-def eot_index(tokenizer, prompt: str) -> int:
-    """Position of <|endoftext|> in the encoded prompt (the last real token is just before it)."""
-    return min(len(tokenizer(prompt).input_ids), tokenizer.model_max_length) - 1
-
-
-def prompt_tokens(tokenizer, prompt: str) -> list[str]:
-    """The tokens of the encoded prompt, <|startoftext|> and <|endoftext|> included."""
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
-    return tokenizer.convert_ids_to_tokens(ids)
-
-
-def check_token_indices(tokenizer, prompt: str, token_indices) -> tuple[int, ...]:
-    """Raise TokenIndexError unless every index points at a real prompt token (not <sot>, <eot> or padding)."""
-    check_prompt(prompt)
-    indices = tuple(token_indices)
-    if not indices:
-        raise TokenIndexError(f"No subject token index given for {prompt!r}.")
-    end = eot_index(tokenizer, prompt)
-    listing = ", ".join(f"{i}={token}" for i, token in enumerate(prompt_tokens(tokenizer, prompt)))
-    for index in indices:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TokenIndexError(f"Token index {index!r} is not an integer.")
-        if index < 0 or index >= tokenizer.model_max_length:
-            problem = f"is out of range (0..{tokenizer.model_max_length - 1})"
-        elif index == 0:
-            problem = "points at <|startoftext|>"
-        elif index == end:
-            problem = "points at <|endoftext|>"
-        elif index > end:
-            problem = "points at padding after the prompt"
-        else:
-            continue
-        raise TokenIndexError(f"Token index {index} {problem} for {prompt!r}; the prompt's tokens are: {listing}.")
-    return tuple(int(index) for index in indices)
-
-
-@lru_cache(maxsize=1)
-def _paper_token_indices() -> dict[str, tuple[int, ...]]:
-    from fidelity_lib.datasets import AE_SETS, load_prompt_set
-
-    return {record.prompt: record.subject_token_indices for name in AE_SETS for record in load_prompt_set(name)}
-
-
-NON_SUBJECT_WORDS = frozenset(
-    "a an the this that these those some two three many and or with without of on in at to into onto by for from "
-    "near next under over above below behind beside between left right top front back side is are its their his "
-    "her sitting standing holding lying wearing".split()
-)
-
-
-def subject_token_indices(tokenizer, prompt: str) -> tuple[int, ...]:
-    """The subjects to excite: the paper sets' published indices, else the head noun of each phrase (a heuristic).
-
-    A head noun is a word that ends a phrase: it is followed by a function word ("and", "with", "of", "on", ...)
-    or ends the prompt, and is not a function word itself. Its last BPE token is used.
-    """
-    check_prompt(prompt)
-    if prompt in _paper_token_indices():
-        return _paper_token_indices()[prompt]
-    tokens = prompt_tokens(tokenizer, prompt)[1:-1]
-    words: list[tuple[str, int]] = []  # (word, position of its last token)
-    current = ""
-    for position, token in enumerate(tokens, start=1):
-        current += token.removesuffix("</w>")
-        if token.endswith("</w>"):
-            words.append((current, position))
-            current = ""
-    words = [(word, position) for word, position in words if re.fullmatch(r"[\w'-]+", word)]
-    chosen = []
-    for k, (word, position) in enumerate(words):
-        following = words[k + 1][0] if k + 1 < len(words) else None
-        if word not in NON_SUBJECT_WORDS and (following is None or following in NON_SUBJECT_WORDS):
-            chosen.append(position)
-    if not chosen:
-        raise TokenIndexError(f"Found no subject word in {prompt!r}; pass token_indices explicitly.")
-    return tuple(chosen)
-
-
-def uses_sd2_tokenizer(tokenizer) -> bool:
-    """SD 2.x pads with "!" (id 0) instead of <|endoftext|>: the official code's sd_2_1 switch."""
-    return tokenizer.pad_token_id != tokenizer.eos_token_id
 
 
 def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:

@@ -30,6 +30,7 @@ CHAPTER_PARAMETERS = {
     "04_eval": {
         "dataset": ["ae_animal_animal", "ae_animal_object", "ae_object_object", "gpt", "mscoco"],
         "methods": ["sd", "ae", "st", "st+ae"],
+        "limit": 2,  # prompts per set when images are missing: those of chapter 2, so only new sets cost images
     },
 }
 

@@ -2,7 +2,7 @@
 
 Set names used everywhere: ``ae_animal_animal``, ``ae_animal_object``, ``ae_object_object`` (Attend-and-Excite,
 276 prompts) and ``gpt``, ``mscoco``, ``vsr`` (spatial-temporal attention, 500 each). The files live in ``data/`` with
-their MIT licences. Object names follow the original evaluation scripts (``spatial_temporal.md`` section 3.2).
+their MIT licences. Object names follow the original evaluation scripts (``SD/evaluation/detector_result_*.py``).
 
 Each paper set has a toy counterpart (``TOY_SETS``, ``toy_<name>``) generated from the toy world's caption grammar,
 with the same record fields; every toy record carries ``extra["split"]``, "dev" or "held_out" (``TOY_SPLIT_SEEDS``
@@ -53,7 +53,7 @@ COCO_CLASSES = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
 )  # the 80 COCO 2017 thing classes in id order
-# The original scripts drop these four classes (spatial_temporal.md 3.1): their detections are ignored.
+# The original scripts drop these four classes (detector_result_*.py L17-93): their detections are ignored.
 EXCLUDED_CLASSES = ("traffic light", "fire hydrant", "stop sign", "parking meter")
 EVAL_CLASSES = tuple(name for name in COCO_CLASSES if name not in EXCLUDED_CLASSES)
 TWO_WORD_CLASSES = (

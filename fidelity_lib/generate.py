@@ -41,18 +41,15 @@ from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from diffusers import StableDiffusionPipeline
 from tqdm import tqdm
 
-from fidelity_lib.attend_excite import (
-    AttendExciteConfig,
-    attend_and_excite_batch,
-    check_prompt,
-    check_prompt_length,
-    check_token_indices,
-)
+from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch
+from fidelity_lib.clip import ClipModel
+from fidelity_lib.components import load_pipeline, shared_loss_clip, shipped_layout_predictor, shipped_layouts
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
 from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
-from fidelity_lib.layout.predictor import ObjectPlacement
-from fidelity_lib.models import PROFILES, WeightsNotFoundError, clip_tokenizer, load_pipeline
-from fidelity_lib.spacetime import SpaceTimeConfig, shipped_layout_predictor, shipped_layouts, spacetime_generate
+from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
+from fidelity_lib.models import PROFILES, WeightsNotFoundError, clip_tokenizer
+from fidelity_lib.prompts import check_prompt, check_prompt_length, check_token_indices
+from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate
 
 MANIFEST_NAME = "manifest.jsonl"
 PART_GLOB = "manifest.part-*.jsonl"
@@ -82,6 +79,23 @@ class GenerationOptions:
     ae_config: AttendExciteConfig = field(default_factory=AttendExciteConfig)  # the ae and st+ae methods' A&E settings
     st_config: SpaceTimeConfig | None = None  # st and st+ae settings (None: SpaceTimeConfig()); steps and guidance from above
     layouts: Mapping[str, Sequence[ObjectPlacement]] | None = None  # stated layouts by prompt, used before the shipped ones
+    # st and st+ae components; ``generate`` fills them from its profile (fidelity_lib.components) when left None
+    loss_clip: ClipModel | None = None  # the CLIP of ST's loss
+    layout_predictor: LayoutPredictor | None = None  # places the objects of prompts without a layout
+
+
+def spacetime_options(options: GenerationOptions, records: Sequence[PromptRecord], profile: str) -> GenerationOptions:
+    """``options`` with ST's components of ``profile``: its loss CLIP, its trained layout predictor if shipped, and the
+    shipped layouts of the records' sets behind the stated ones."""
+    shipped: dict[str, Sequence[ObjectPlacement]] = {}
+    for set_name in dict.fromkeys(record.set_name for record in records if record.set_name):
+        shipped |= shipped_layouts(set_name, profile)
+    return replace(
+        options,
+        loss_clip=options.loss_clip or shared_loss_clip(profile),
+        layout_predictor=options.layout_predictor or shipped_layout_predictor(profile),
+        layouts={**shipped, **(options.layouts or {})},
+    )
 
 
 @dataclass
@@ -156,17 +170,22 @@ BATCHED_METHODS["ae"] = generate_ae_batch
 
 
 def _generate_spacetime(pipe, record: PromptRecord, seed: int, options: GenerationOptions, method: str) -> Generated:
-    profile = getattr(pipe, "profile", "tiny")
+    if options.loss_clip is None:
+        raise ValueError("ST needs its loss's CLIP: pass options.loss_clip (components.load_loss_clip), or use generate().")
     layout = (options.layouts or {}).get(record.prompt)
-    if layout is None and record.set_name:
-        layout = shipped_layouts(record.set_name, profile).get(record.prompt)
-    config = replace(options.st_config or SpaceTimeConfig(), num_inference_steps=options.steps, guidance_scale=options.guidance_scale)
+    config = replace(
+        options.st_config or SpaceTimeConfig(), num_inference_steps=options.steps, guidance_scale=options.guidance_scale,
+        attend_excite=options.ae_config,
+    )
     indices = options.token_indices or record.subject_token_indices or None
     result = spacetime_generate(
-        pipe, record.prompt, layout, seed=seed, config=config, method=method,
-        predictor=shipped_layout_predictor(profile), token_indices=indices, ae_config=options.ae_config,
+        pipe, record.prompt, layout, seed=seed, config=config, clip_model=options.loss_clip, method=method,
+        predictor=options.layout_predictor, token_indices=indices,
     )
-    return Generated(result.image, asdict(config), result.manifest_extras())
+    settings = asdict(config)
+    if method == "st":
+        settings.pop("attend_excite")  # st runs no A&E
+    return Generated(result.image, settings, result.manifest_extras())
 
 
 @register_method("st")
@@ -369,6 +388,8 @@ def generate(
     if method not in METHODS:
         raise KeyError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
     check_inputs(records, options)
+    if method in ("st", "st+ae"):
+        options = spacetime_options(options, records, profile)
     out = prepare_output(out)
     state = state or process_state()
     with output_lock(out, state):

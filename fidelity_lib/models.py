@@ -1,6 +1,6 @@
 """Models: the offline CLIP tokenizer, the tiny random Stable Diffusion, and loading real weights.
 
-Profiles:
+The profiles (``fidelity_lib.components`` maps each to its components):
 - ``tiny``: random-weight SD-architecture components, built from configs (unit tests).
 - ``toy``: the toy world trained on coloured shapes (``fidelity_lib.toyworld``), shipped in ``data/toyworld/``.
 - ``smoke``: the book's CPU default: ``toy`` when its weights are present, otherwise ``tiny``.
@@ -179,7 +179,8 @@ def _missing_components(folder: Path) -> list[str]:
     ]
 
 
-def _load_paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> StableDiffusionPipeline:
+def paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """SD v1.4 (or 2.1-base) from a folder or a repo id in the local cache, never downloaded, with the PNDM scheduler."""
     repo_id = SD14_REPO_ID
     source: str | os.PathLike = repo_id
     if weights is not None and str(weights) in PAPER_REPO_IDS:
@@ -208,44 +209,5 @@ def _load_paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) 
     return pipe
 
 
-def resolve_profile(profile: str) -> str:
-    """Map ``smoke`` to ``toy`` when the toy world's weights are shipped, else to ``tiny``."""
-    if profile not in PROFILES:
-        raise ValueError(f"Unknown profile {profile!r}: choose one of {', '.join(PROFILES)}.")
-    if profile == "smoke":
-        return "toy" if toy_weights_available() else "tiny"
-    return profile
-
-
-def toy_weights_available() -> bool:
-    try:
-        from fidelity_lib.toyworld.model import weights_available
-    except ImportError:
-        return False
-    return weights_available()
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_pipeline(
-    profile: str = "smoke",
-    weights: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> StableDiffusionPipeline:
-    """Load the pipeline of a profile; ``weights`` is a folder or a repo id in the local cache (paper profile)."""
-    resolved = resolve_profile(profile)
-    device = torch.device(device) if device is not None else default_device()
-    if resolved == "paper":
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        pipe = _load_paper_pipeline(weights, dtype)
-    elif resolved == "toy":
-        from fidelity_lib.toyworld.model import toy_pipeline
-
-        pipe = toy_pipeline()
-    else:
-        pipe = tiny_pipeline()
-    pipe.profile = resolved
-    return pipe.to(device)

@@ -38,6 +38,11 @@ PROFILE_LABELS = {"paper": "", "toy": " (toy world: not Stable Diffusion results
 TINY_LABEL = " (random tiny models: plumbing only, not Stable Diffusion results)"
 
 
+def ran_profile(profile: str) -> str:
+    """The profile that ran, from a provenance profile field: old records say "smoke -> toy"; "a; b" stays joined."""
+    return "; ".join(dict.fromkeys(part.split("->")[-1].strip() for part in profile.split(";")))
+
+
 @dataclass
 class Provenance:
     """Which run made an artefact."""
@@ -50,16 +55,30 @@ class Provenance:
     date: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     commit: str = field(default_factory=git_commit)
 
+    def __post_init__(self):
+        unknown = [part for part in self.profile.split("; ") if part not in PROFILE_LABELS and part != "tiny"]
+        if unknown:
+            raise ValueError(
+                f"Provenance.profile is the profile that ran (paper, toy or tiny; '; ' joins those of a combined "
+                f"artefact), not {', '.join(map(repr, unknown))}: resolve it (components.resolve_profile) and put the "
+                f"requested one in the notes."
+            )
+
     @classmethod
     def from_record(cls, record: dict) -> Provenance:
-        """The provenance of a written provenance record (its ``title`` and ``line`` dropped)."""
-        return cls(**{key: record[key] for key in cls.__dataclass_fields__ if key in record})
+        """The provenance of a written provenance record (its ``title`` and ``line`` dropped). Records written before
+        the profile field held only the resolved profile ("smoke -> toy") are read as the resolved one."""
+        fields = {key: record[key] for key in cls.__dataclass_fields__ if key in record}
+        return cls(**fields | {"profile": ran_profile(str(fields.get("profile", "n/a")))})
 
     @classmethod
     def combined(cls, records: list[dict], notes: str = "") -> Provenance:
         """One provenance for an artefact built from others' numbers: each field joins their distinct values."""
         def joined(key: str) -> str:
-            return "; ".join(dict.fromkeys(str(record.get(key, "n/a")) for record in records))
+            values = [str(record.get(key, "n/a")) for record in records]
+            if key == "profile":
+                values = [part for value in values for part in ran_profile(value).split("; ")]
+            return "; ".join(dict.fromkeys(values))
 
         return cls(profile=joined("profile"), weights=joined("weights"), seeds=joined("seeds"), detector=joined("detector"), notes=notes)
 
@@ -67,8 +86,7 @@ class Provenance:
         """One human-readable line, the caption every table and figure carries; ``run=False`` leaves out the date and
         commit (the provenance record beside the artefact keeps them), so that a rerun with the same content writes the
         same bytes."""
-        # "smoke -> toy" names the profile asked for and the one run; "a; b" joins the sources of a combined artefact
-        resolved = {part.split("->")[-1].strip() for part in self.profile.split(";")}
+        resolved = set(self.profile.split("; "))  # "a; b" joins the sources of a combined artefact
         smoke = PROFILE_LABELS.get(resolved.pop(), TINY_LABEL) if len(resolved) == 1 else " (mixed profiles: not Stable Diffusion results)"
         parts = [f"profile {self.profile}{smoke}", f"weights {self.weights}", f"seeds {self.seeds}", f"detector {self.detector}"]
         parts += [f"{self.date}", f"commit {self.commit}"] if run else []
@@ -181,7 +199,7 @@ def build_report(reports_dir: str | Path) -> tuple[str, list[str]]:
         except MissingProvenanceError as error:
             refused.append(str(error))
             continue
-        table = pd.read_csv(table_path)
+        table = pd.read_csv(table_path, keep_default_na=False, na_values=[""])  # a written "n/a" stays "n/a"
         sections += [f"### {record['title']}", "", table.to_markdown(index=False, floatfmt=".4f"), ""]
         sections += [record["summary"], ""] if record.get("summary") else []
         sections += [record["line"], ""]

@@ -1,6 +1,6 @@
 """Spatial-temporal attention control (Wu, Liu et al., ICCV 2023) on a diffusers Stable Diffusion pipeline.
 
-Follows the official "iccv version" (``specs/spatial_temporal.md`` section 1): every object of the layout gets a disc
+Follows the official "iccv version" (``docs/official_spatial_temporal.md``): every object of the layout gets a disc
 of radius 0.2 at every cross-attention resolution; inside it, the conditional rows' cross-attention output gets
 ``w[k, step] * (L_k - G_u)`` added, where ``L_k`` is the attention over "a photo of <object>" and ``G_u`` the
 unconditional row's output; the weights ``w`` [objects x steps] are optimised with Adam by back-propagating a CLIP
@@ -22,50 +22,49 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-import open_clip
 import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import Attention
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch.utils.checkpoint import checkpoint
 
+from fidelity_lib.attend_excite import AttendExciteConfig, AttendExciteGuidance
 from fidelity_lib.attention import CrossAttentionLayer, attention_hook, attention_processors, cross_attention_layers
-from fidelity_lib.layout.evaluate import LAYOUTS_DIR, load_layouts
+from fidelity_lib.clip import ClipModel
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
-from fidelity_lib.models import WeightsNotFoundError, resolve_profile
+from fidelity_lib.prompts import check_token_indices, eot_index, subject_token_indices, uses_sd2_tokenizer
 
 COMBINATIONS = ("official", "convex")
 METHODS = ("st", "st+ae")
-PAPER_CLIP_ARCH = "ViT-B-32"  # spec 1.6: clip.load("ViT-B/32") (plms.py L71)
-PAPER_CLIP_HF_REPO = "timm/vit_base_patch32_clip_224.openai"  # where open_clip keeps the OpenAI ViT-B/32 weights
-PAPER_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+PAPER_CLIP_ARCH = "ViT-B-32"  # the loss's CLIP: plms.py L71 clip.load("ViT-B/32"); fidelity_lib.clip.openai_clip loads it
 
 
 @dataclass(frozen=True)
 class SpaceTimeConfig:
-    """The official settings; each default names its place in specs/spatial_temporal.md."""
+    """The official settings; each default names where the official code sets it."""
 
-    num_inference_steps: int = 50  # 1.2: txt2img-gpt.py --ddim_steps 50 with --plms (PNDM, skip_prk_steps; 1.8)
-    guidance_scale: float = 7.5  # 1.2: txt2img-gpt.py L205-210 scale=7.5
-    radius: float = 0.2  # 1.3: mode "fix_radius_0p2" (attention.py L14), disc test d^2 < 0.04 on cell corners
-    weight_init: float | None = None  # 1.5: W = weight_initialize_coef / N (plms.py L204-214); None: 5.0 official,
+    num_inference_steps: int = 50  # txt2img-gpt.py L132-136: --ddim_steps 50, --plms (PNDM, skip_prk_steps)
+    guidance_scale: float = 7.5  # txt2img-gpt.py L205-210: scale=7.5
+    radius: float = 0.2  # attention.py L14 "fix_radius_0p2"; L240-263: disc test d^2 < 0.04 on cell corners
+    weight_init: float | None = None  # plms.py L204-214: W = weight_initialize_coef / N; None: 5.0 official,
     # 1.0 convex (so that the weights of all discs covering a pixel sum to at most 1)
-    learning_rate: float = 0.005  # 1.7: Adam([W], lr=0.005), default betas and eps
-    passes: int = 3  # 1.7: range(3); the image of the third pass (after two updates) is the output
-    global_loss_weight: float = 1.0  # 1.6: loss = global + 5 * sum_k local_k (plms.py L273)
-    local_loss_weight: float = 5.0  # 1.6: plms.py L273
-    crop_half_size: float = 0.2  # 1.3: CLIP crop [x-0.2, x+0.2] x [y-0.2, y+0.2] clipped to the image (plms.py L256-271)
-    local_prompt: str = "a photo of {}"  # 1.2: attention text "a photo of " + chunk text (article and case kept)
-    local_clip_prompt: str = "A photo of {}"  # 1.6: CLIP text "A photo of " + chunk text lowercased, "the " removed
-    clip_normalize: bool = False  # 1.6 / 1.12.8: the original feeds CLIP unnormalised [0, 1] pixels
-    combination: str = "official"  # 1.4: attention.py L284-295 (G_c + sum M w (L - G_u)); "convex": paper's form
-    checkpointing: bool = True  # 6: recompute each UNet call and the decoder in backward (the original keeps all)
+    learning_rate: float = 0.005  # plms.py L216-291: Adam([W], lr=0.005)
+    passes: int = 3  # plms.py L216-291: range(3); output = image of pass 3 (after two updates)
+    global_loss_weight: float = 1.0  # plms.py L273: loss = global + 5 * sum_k local_k
+    local_loss_weight: float = 5.0  # plms.py L273
+    crop_half_size: float = 0.2  # plms.py L256-271: CLIP crop [x-0.2, x+0.2] x [y-0.2, y+0.2] clipped to the image
+    local_prompt: str = "a photo of {}"  # txt2img-gpt.py L305-341: "a photo of " + chunk (article, case kept)
+    local_clip_prompt: str = "A photo of {}"  # plms.py L29-36: "A photo of " + chunk lowercased, "the " removed
+    clip_normalize: bool = False  # plms.py L29-45: CLIP gets unnormalised [0, 1] pixels
+    combination: str = "official"  # attention.py L284-295: G_c + sum M w (L - G_u); "convex": paper's form
+    checkpointing: bool = True  # recompute each UNet call and the decoder in backward (plms.py keeps all)
     block_checkpointing: bool = False  # also checkpoint each UNet block inside that recomputation: less memory, one
     # more forward per call (diffusers' enable_gradient_checkpointing)
-    autocast: bool = True  # 1.2: precision=autocast (fp16, backward included); used on CUDA only
+    autocast: bool = True  # txt2img-gpt.py L240-246: autocast (fp16, backward too); CUDA only
+    attend_excite: AttendExciteConfig = field(default_factory=AttendExciteConfig)  # st+ae: the A&E inside the run (the
+    # paper's defaults, as for the ae method); st ignores it
 
     def __post_init__(self):
         if self.combination not in COMBINATIONS:
@@ -108,7 +107,7 @@ def region_masks(
 ) -> torch.Tensor:
     """[objects, height*width] binary discs: cell (r, c) is inside iff (c/w - x)^2 + (r/h - y)^2 < radius^2."""
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
-    rows = torch.arange(height, dtype=torch.float64)[:, None] / height  # cell corners, not centres (spec 1.3)
+    rows = torch.arange(height, dtype=torch.float64)[:, None] / height  # corners, not centres (attention.py L240-263)
     cols = torch.arange(width, dtype=torch.float64)[None, :] / width
     masks = [((cols - p.x) ** 2 + (rows - p.y) ** 2 < radius**2).flatten() for p in placements]
     if not masks:
@@ -234,55 +233,6 @@ def block_checkpointing(unet, enabled: bool) -> Iterator[None]:
             unet.disable_gradient_checkpointing()
 
 
-def tiny_clip(seed: int = 0):
-    """(model, preprocess, tokenizer): a random-weight open_clip CLIP on 32x32 images, built offline (tests)."""
-    torch.manual_seed(seed)
-    model = open_clip.model.CLIP(
-        embed_dim=32,
-        vision_cfg=CLIPVisionCfg(image_size=32, patch_size=8, width=32, layers=1, head_width=16),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
-    )
-    preprocess = open_clip.transform.image_transform(32, is_train=False)
-    return model.eval(), preprocess, open_clip.tokenizer.SimpleTokenizer()
-
-
-def _paper_clip_checkpoint(weights) -> str:
-    if weights is not None:
-        return str(weights)
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in PAPER_CLIP_FILES:
-        cached = try_to_load_from_cache(PAPER_CLIP_HF_REPO, name)
-        if isinstance(cached, str):
-            return cached
-    raise WeightsNotFoundError(
-        f"CLIP {PAPER_CLIP_ARCH} (OpenAI weights) is not in the local Hugging Face cache. This book never downloads "
-        f"weights; on a machine with internet access run:\n    huggingface-cli download {PAPER_CLIP_HF_REPO}\n"
-        f"or pass clip_weights=<path to {PAPER_CLIP_FILES[0]}>."
-    )
-
-
-def load_spacetime_clip(profile: str = "smoke", weights=None):
-    """(model, preprocess, tokenizer) of the loss: paper ViT-B-32 OpenAI (local only); toy world's CLIP; else tiny."""
-    resolved = resolve_profile(profile)
-    if resolved == "paper":
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            PAPER_CLIP_ARCH, pretrained=_paper_clip_checkpoint(weights), force_quick_gelu=True
-        )
-        return model.eval(), preprocess, open_clip.get_tokenizer(PAPER_CLIP_ARCH)
-    if resolved == "toy":
-        from fidelity_lib.toyworld.model import toy_clip
-
-        return toy_clip()
-    return tiny_clip()
-
-
-@lru_cache(maxsize=2)
-def shared_clip(profile: str = "smoke"):
-    """load_spacetime_clip(profile), loaded once per process (generate.py calls it for every image)."""
-    return load_spacetime_clip(profile)
-
-
 def clip_global_view(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest upsampling then average pooling to CLIP's size (512 -> x7 -> /16 = 224, DCLIPLoss.forward_2)."""
     factors, kernels = [], []
@@ -302,16 +252,16 @@ def crop_box(placement: ObjectPlacement, half_size: float, height: int, width: i
 
 
 def local_clip_name(phrase: str) -> str:
-    """The object's name in the CLIP local text: lowercased, every "the " removed (spec 1.6, quirk 1.12.6)."""
+    """The object's name in the CLIP local text: lowercased, every "the " removed (plms.py L29-36)."""
     return phrase.lower().replace("the ", "")
 
 
 class ClipLoss:
     """(1 - cos(image, prompt)) * global weight + local weight * sum_k (1 - cos(crop_k, "A photo of <object>"))."""
 
-    def __init__(self, clip_model, prompt: str, layout: Sequence[ObjectPlacement], config: SpaceTimeConfig, device):
-        self.model = clip_model[0].to(device)
-        tokenizer = clip_model[2]
+    def __init__(self, clip_model: ClipModel, prompt: str, layout: Sequence[ObjectPlacement], config: SpaceTimeConfig, device):
+        self.model = clip_model.model.to(device)
+        tokenizer = clip_model.tokenizer
         self.size = tuple(self.model.visual.image_size)
         self.layout = list(layout)
         self.config = config
@@ -341,31 +291,10 @@ class ClipLoss:
 
 
 def weight_columns(num_timesteps: int, num_steps: int) -> list[int]:
-    """The weight column of each UNet call: PLMS calls the UNet twice on its first step, both with column 0 (1.5)."""
+    """The weight column of each UNet call: PLMS calls the UNet twice on step 0, both with column 0 (plms.py L243)."""
     if num_timesteps == num_steps + 1:
         return [0] + list(range(num_steps))
     return list(range(num_timesteps))
-
-
-def _paper_kind(profile: str) -> str:
-    return "paper" if resolve_profile(profile) == "paper" else "smoke"
-
-
-@lru_cache(maxsize=2)
-def shipped_layout_predictor(profile: str = "smoke") -> LayoutPredictor | None:
-    """The trained predictor in reports/layouts/predictor-<paper|smoke>/ for this profile, or None."""
-    folder = LAYOUTS_DIR / f"predictor-{_paper_kind(profile)}"
-    return LayoutPredictor.load(folder) if folder.is_dir() else None
-
-
-@lru_cache(maxsize=8)
-def shipped_layouts(set_name: str, profile: str = "smoke") -> dict[str, list[ObjectPlacement]]:
-    """A prompt set's layouts in reports/layouts/<set>.json when written for this kind of profile, else empty."""
-    try:
-        written_for, layouts = load_layouts(set_name)
-    except FileNotFoundError:
-        return {}
-    return layouts if _paper_kind(written_for) == _paper_kind(profile) else {}
 
 
 @lru_cache(maxsize=1)
@@ -383,19 +312,15 @@ def predict_layout(prompt: str, predictor: LayoutPredictor | None = None) -> lis
 
 
 class _Guidance:
-    """Attend-and-Excite's latent update, applied as a constant shift so that W's gradient flows past it."""
+    """Attend-and-Excite's latent update (AttendExciteGuidance), applied as a constant shift so that W's gradient flows past it."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, prompt_embeds: torch.Tensor, num_timesteps: int, token_indices, config=None):
-        from fidelity_lib import attend_excite as ae
-
+    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, prompt_embeds: torch.Tensor, num_timesteps: int, token_indices, config: AttendExciteConfig):
         height, width = (s * pipe.vae_scale_factor for s in _latent_size(pipe))
         if token_indices is None:
-            token_indices = ae.subject_token_indices(pipe.tokenizer, prompt)
-        token_indices = ae.check_token_indices(pipe.tokenizer, prompt, token_indices)
-        end = ae.eot_index(pipe.tokenizer, prompt) if ae.uses_sd2_tokenizer(pipe.tokenizer) else None
-        self.guidance = ae.AttendExciteGuidance(
-            pipe, prompt_embeds, [token_indices], [end], config or ae.AttendExciteConfig(), num_timesteps, height, width
-        )
+            token_indices = subject_token_indices(pipe.tokenizer, prompt)
+        token_indices = check_token_indices(pipe.tokenizer, prompt, token_indices)
+        end = eot_index(pipe.tokenizer, prompt) if uses_sd2_tokenizer(pipe.tokenizer) else None
+        self.guidance = AttendExciteGuidance(pipe, prompt_embeds, [token_indices], [end], config, num_timesteps, height, width)
         self.layers, self.store = self.guidance.layers, self.guidance.store
 
     def applies(self, step: int) -> bool:
@@ -477,19 +402,17 @@ def spacetime_generate(
     *,
     seed: int = 0,
     config: SpaceTimeConfig = SpaceTimeConfig(),
-    clip_model=None,
+    clip_model: ClipModel,
     method: str = "st",
     predictor: LayoutPredictor | None = None,
     token_indices: Sequence[int] | None = None,
-    ae_config=None,
 ) -> SpaceTimeResult:
     """One image with spatial-temporal control (``method="st+ae"``: plus Attend-and-Excite guidance in the same run).
 
-    ``layout`` None asks ``predictor`` (see predict_layout); ``clip_model`` is (model, preprocess, tokenizer) with
-    open_clip's interface, None loads the pipeline profile's (load_spacetime_clip). ``token_indices`` are A&E's
-    subjects (st+ae; None: attend_excite.subject_token_indices) and ``ae_config`` its AttendExciteConfig (None: the
-    paper's defaults), the same object the ``ae`` method takes. An empty layout gives plain SD with
-    ``fallback=True`` and a SpaceTimeFallbackWarning.
+    ``layout`` None asks ``predictor`` (see predict_layout); ``clip_model`` is the loss's CLIP (the paper's ViT-B/32:
+    ``components.load_loss_clip``). ``token_indices`` are A&E's subjects (st+ae; None: the prompt's nouns) and
+    ``config.attend_excite`` its settings, the same AttendExciteConfig the ``ae`` method takes. An empty layout gives
+    plain SD with ``fallback=True`` and a SpaceTimeFallbackWarning.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -504,8 +427,6 @@ def spacetime_generate(
             generator=torch.Generator("cpu").manual_seed(seed),
         ).images[0]
         return SpaceTimeResult(image, [], seconds=time.perf_counter() - start, method=method, fallback=True)
-    if clip_model is None:
-        clip_model = shared_clip(getattr(pipe, "profile", "tiny"))
 
     device = pipe._execution_device
     latent_size = _latent_size(pipe)
@@ -525,10 +446,10 @@ def spacetime_generate(
     optimizer = torch.optim.Adam([weights], lr=config.learning_rate)
 
     pipe.scheduler.set_timesteps(config.num_inference_steps, device=device)
-    guidance = _Guidance(pipe, prompt, prompt_embeds, len(pipe.scheduler.timesteps), token_indices, ae_config) if method == "st+ae" else None
+    guidance = _Guidance(pipe, prompt, prompt_embeds, len(pipe.scheduler.timesteps), token_indices, config.attend_excite) if method == "st+ae" else None
     hook = attention_hook(pipe.unet, guidance.layers, guidance.store) if guidance is not None else nullcontext()
     blocks = block_checkpointing(pipe.unet, config.block_checkpointing)
-    with frozen(pipe.unet, pipe.vae, pipe.text_encoder, clip_model[0]), hook, blocks:
+    with frozen(pipe.unet, pipe.vae, pipe.text_encoder, clip_model.model), hook, blocks:
         loss_of = ClipLoss(clip_model, prompt, layout, config, device)
         sampler = _Sampler(pipe, control, torch.cat([negative_embeds, prompt_embeds]), initial_latents, config, guidance)
         history, losses = [], []

@@ -33,7 +33,8 @@ import diffusers
 import torch
 import transformers
 
-from fidelity_lib.models import clip_tokenizer, load_pipeline, resolve_profile
+from fidelity_lib.components import load_pipeline, resolve_profile
+from fidelity_lib.models import clip_tokenizer
 
 pipe = load_pipeline(profile, weights=weights)
 print(f"profile      : {profile} -> {resolve_profile(profile)}")

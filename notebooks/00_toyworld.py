@@ -46,13 +46,14 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import fidelity_lib
+from fidelity_lib.components import resolve_profile
 from fidelity_lib.datasets import TOY_SETS, load_prompt_set, split_records
-from fidelity_lib.models import resolve_profile
+from fidelity_lib.figures import image_grid
 from fidelity_lib.report import Provenance, save_figure, save_table
 from fidelity_lib.toyworld.detector import ToyDetector
 from fidelity_lib.toyworld.evaluate import ONE_OBJECT_PROMPTS, attention_diagnostics, baseline_images, evaluate, rate_table
 from fidelity_lib.toyworld.experiment import read_results, verdict
-from fidelity_lib.toyworld.figures import image_grid, rate_bars
+from fidelity_lib.toyworld.figures import rate_bars
 from fidelity_lib.toyworld.model import WEIGHTS_DIR, toy_pipeline, weights_available
 from fidelity_lib.toyworld.scenes import generate_scenes
 
@@ -66,6 +67,11 @@ if train:
 if not weights_available():
     raise FileNotFoundError("No toy-world weights in data/toyworld/: run this notebook with train=True, or "
                             "python -m fidelity_lib.toyworld.train --stage all")
+
+# %% [markdown]
+# The toy pipeline and the exact detector, and the provenance line that every table and figure of this chapter carries.
+
+# %%
 pipe, detector = toy_pipeline(), ToyDetector()
 provenance = Provenance(profile="toy", weights=pipe.weights_id, seeds=f"held-out seeds, first {seeds} per prompt",
                         detector=detector.name, notes=f"Book profile {profile} (resolves to {resolve_profile(profile)}); "

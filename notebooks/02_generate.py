@@ -37,7 +37,7 @@ profile = "smoke"
 reports_dir = "../reports"
 weights = None  # paper: a Stable Diffusion folder or repo id in the local Hugging Face cache
 seeds = None  # None: "0-63" (paper), the first 4 held-out seeds (toy), "0-1" (tiny)
-limit = None  # prompts per set; None: all (paper), 2 (toy), 1 (tiny)
+limit = None  # prompts per set; None: all (paper), 2 (toy; 4 of the relation set), 1 (tiny; 2 of it)
 steps = None  # denoising steps; None: 50 (paper), 25 (toy: what its settings were chosen for), 10 (tiny)
 images_dir = None  # None: <reports_dir>/images/<resolved profile>, which chapter 4 reads
 
@@ -54,9 +54,9 @@ from pathlib import Path
 
 import fidelity_lib
 from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs
+from fidelity_lib.components import load_pipeline, resolve_profile
 from fidelity_lib.datasets import AE_SETS, book_records, set_for_profile
-from fidelity_lib.generate import GenerationOptions, generate, parse_seeds, read_manifest
-from fidelity_lib.models import load_pipeline, resolve_profile
+from fidelity_lib.generate import generate, parse_seeds, read_manifest
 from fidelity_lib.report import Provenance, save_figure
 
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
@@ -64,6 +64,7 @@ reports = NOTEBOOKS / reports_dir  # relative paths mean the same folder whateve
 resolved = resolve_profile(profile)
 paper, toy = resolved == "paper", resolved == "toy"
 seeds = parse_seeds(seeds) if seeds else chapter_seeds(resolved, 4 if toy else 2)
+st_limit = limit if limit is not None else (None if paper else 4 if toy else 2)  # relation prompts (below)
 limit = limit if limit is not None else (None if paper else 2 if toy else 1)
 steps = steps or chapter_steps(resolved)
 images = Path(images_dir) if images_dir else reports / "images" / resolved
@@ -77,14 +78,16 @@ print(f"seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}), prompts per set {limit or 
 # ## Attend-and-Excite
 # The three A&E sets (animal-animal, animal-object, object-object; 66 + 144 + 66 prompts, or their toy counterparts),
 # each with its subject token indices, for plain SD (`sd`) and Attend-and-Excite (`ae`); on the toy world also
-# spatial-temporal control with each pair placed side by side (`st`, `st+ae`). All start from the same noise:
-# `torch.Generator("cpu").manual_seed(seed)` through the pipeline's own latent preparation.
+# spatial-temporal control with each pair placed side by side (`st`, `st+ae`), on the first two seeds (an ST
+# image costs about ten plain samplings). All start from the same noise: `torch.Generator("cpu").manual_seed(seed)`
+# through the pipeline's own latent preparation.
 
 # %%
 ae_records, options = generation_inputs(book_records(ae_sets, limit), resolved, steps)
 ae_methods = ("sd", "ae", "st", "st+ae") if toy else ("sd", "ae")
 for method in ae_methods:
-    summary = generate(pipe, method, ae_records, seeds, images, profile=profile, options=options, progress=False)
+    method_seeds = seeds[:2] if method.startswith("st") else seeds
+    summary = generate(pipe, method, ae_records, method_seeds, images, profile=profile, options=options, progress=False)
     print(f"{method}: {summary.written} written, {summary.skipped} already there, {summary.seconds:.1f} s")
 
 # %%
@@ -125,14 +128,15 @@ for name in ae_sets:
 # Relation sentences (GPT, or the toy relation set) with plain SD (`sd`), spatial-temporal control (`st`: one disc
 # of radius 0.2 per object, per-step weights optimised through CLIP) and both methods in one run (`st+ae`), all from
 # the same noise. Paper: the layouts come from `reports/layouts/gpt.json` (chapter 1) when written for this kind of
-# profile, otherwise from the layout predictor. Toy: each object's disc sits on its side of the stated relation. The
-# tiny profile uses 2 sentences and 4 steps, because each ST image costs about ten plain samplings.
+# profile, otherwise from the layout predictor. Toy: each object's disc sits on its side of the stated relation, on
+# four sentences and two seeds (the toy world draws squares poorly, so the first two sentences, with a square each,
+# rarely show both objects). The tiny profile uses 2 sentences, one seed and 4 steps: an ST image costs about ten
+# plain samplings.
 
 # %%
-st_records, st_options = generation_inputs(book_records([relation_set], limit if paper or toy else 2), resolved, steps)
-st_seeds = seeds if paper or toy else seeds[:1]
-if not (paper or toy):
-    st_options = GenerationOptions(steps=min(steps, 4))
+st_steps = chapter_steps(resolved, chapter="02_generate_st", steps=steps)  # tiny: at most 4
+st_records, st_options = generation_inputs(book_records([relation_set], st_limit), resolved, st_steps)
+st_seeds = seeds if paper else seeds[:2] if toy else seeds[:1]
 for method in ("sd", "st", "st+ae"):
     summary = generate(pipe, method, st_records, st_seeds, images, profile=profile, options=st_options, progress=False)
     print(f"{method}: {summary.written} written, {summary.skipped} already there, {summary.seconds:.1f} s")

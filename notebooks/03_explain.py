@@ -46,31 +46,20 @@ import pandas as pd
 import seaborn as sns
 
 import fidelity_lib
-from dataclasses import replace
-
-from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite, attention_layers
-from fidelity_lib.datasets import TOY_SPLIT_SEEDS, book_records
+from fidelity_lib.attend_excite import attend_and_excite, attention_layers
+from fidelity_lib.chapters import chapter_seeds, chapter_steps, explain_inputs
+from fidelity_lib.components import load_pipeline, resolve_profile
 from fidelity_lib.explain import LatentRecorder, normalised_map, step_attention
-from fidelity_lib.models import load_pipeline, resolve_profile
+from fidelity_lib.figures import attention_strip
 from fidelity_lib.report import Provenance, save_figure
 
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir
 resolved = resolve_profile(profile)
-toy = resolved == "toy"
-steps = steps or (50 if resolved == "paper" else 25 if toy else 10)
-seed = seed if seed is not None else (TOY_SPLIT_SEEDS["held_out"].start if toy else 0)
+steps = steps or chapter_steps(resolved)
+seed = seed if seed is not None else chapter_seeds(resolved, 1)[0]  # 0, or the first held-out seed (toy)
 pipe = load_pipeline(profile, weights=weights)
-config = AttendExciteConfig()
-if toy:  # the toy world's chosen A&E setting, on the prompt's excited tokens (toyworld.calibration)
-    from fidelity_lib.toyworld.calibration import toy_generation
-
-    (record,), options = toy_generation(book_records(["toy_ae_object_object"], 1))
-    if prompt is None:
-        prompt, token_indices = record.prompt, token_indices or record.subject_token_indices
-    config = options.ae_config
-prompt = prompt or "a cat and a dog"
-config = config if attention_res is None else replace(config, attention_res=attention_res)
+prompt, token_indices, config = explain_inputs(resolved, prompt, token_indices, attention_res)
 height = width = pipe.unet.config.sample_size * pipe.vae_scale_factor
 resolution = attention_layers(pipe, height, width, config.attention_res)[0].resolution
 strip_steps = list(strip_steps or np.linspace(0, steps, 5).round().astype(int))  # PNDM runs steps + 1 iterations
@@ -94,20 +83,8 @@ print(f"subject tokens: {dict(zip(subjects, tokens))}; A&E refinement iterations
 # at A&E's resolution, rescaled to their own maximum for display (the title gives the peak probability).
 
 # %%
-rows = [(label, index, token) for label in runs for index, token in zip(subjects, tokens)]
-figure, axes = plt.subplots(len(rows), len(strip_steps) + 1, figsize=(1.9 * (len(strip_steps) + 1), 1.9 * len(rows)), squeeze=False)
-for row, (label, index, token) in enumerate(rows):
-    result, step_maps, _ = runs[label]
-    axes[row, 0].imshow(result.image)
-    axes[row, 0].set_title(f"{label}", fontsize=8)
-    axes[row, 0].set_ylabel(f"'{token}' #{index}", fontsize=9)
-    for column, maps in enumerate(step_maps, start=1):
-        token_map = maps.mean_over_layers(resolution)[..., index]
-        axes[row, column].imshow(normalised_map(token_map), cmap="magma", vmin=0, vmax=1)
-        axes[row, column].set_title(f"step {maps.step}: {token_map.max():.3f}", fontsize=7)
-for axis in axes.flat:
-    axis.set_xticks([]); axis.set_yticks([])
-figure.suptitle(f'"{prompt}": subject attention at {resolution[0]}x{resolution[1]}, SD vs A&E', fontsize=10)
+title = f'"{prompt}": subject attention at {resolution[0]}x{resolution[1]}, SD vs A&E'
+figure = attention_strip(runs, subjects, tokens, strip_steps, resolution, title)
 save_figure(figure, "explain_strip", provenance, reports, "Subject cross-attention over the denoising steps, SD vs A&E")
 plt.show()
 

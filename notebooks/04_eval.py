@@ -64,14 +64,13 @@ from pathlib import Path
 import pandas as pd
 
 import fidelity_lib
-from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs
-from fidelity_lib.datasets import book_records, load_prompt_set, set_for_profile
-from fidelity_lib.generate import generate, parse_seeds, read_manifest
-from fidelity_lib.metrics import load_captioner, load_clip, load_detector
+from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs, manifest_provenance
+from fidelity_lib.components import load_captioner, load_detector, load_metric_clip, load_pipeline, resolve_profile
+from fidelity_lib.datasets import book_records, set_for_profile
+from fidelity_lib.generate import generate, parse_seeds
 from fidelity_lib.metrics import ClipScorer, metric_figure, metric_table, metrics_for, wide_table
 from fidelity_lib.metrics.suite import score_set
-from fidelity_lib.models import load_pipeline, resolve_profile
-from fidelity_lib.report import Provenance, save_figure, save_table
+from fidelity_lib.report import save_figure, save_table
 
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir  # relative paths mean the same folder whatever the working directory
@@ -105,7 +104,7 @@ for set_name in sets.values():
 # ## Metrics
 
 # %%
-scorer = ClipScorer(load_clip(profile, clip_weights))
+scorer = ClipScorer(load_metric_clip(profile, clip_weights))
 captioner = load_captioner(profile, blip_weights)
 detected = [name for name in sets.values() if "object_accuracy" in metrics_for(name)]
 detector = load_detector(profile, detector_weights) if detected else None
@@ -126,15 +125,11 @@ unreadable
 # %%
 for name, set_name in sets.items():
     table = metric_table(frames[set_name], set_name, n_boot)
-    prompts = {record.prompt for record in load_prompt_set(set_name)}
-    lines = [line for line in read_manifest(images) if line.get("prompt") in prompts and line.get("method") in methods]
     shown = "" if name == set_name else f" (the toy counterpart of {name})"
-    provenance = Provenance(
-        profile=f"{profile} -> {resolved}",
-        weights=", ".join(sorted({str(line.get("weights")) for line in lines})) or "unknown (no manifest.jsonl)",
-        seeds=",".join(sorted({str(line["seed"]) for line in lines}, key=lambda s: (len(s), s))),
+    provenance = manifest_provenance(  # weights and seeds: those of the set's images in the manifest
+        images, set_name, methods, profile=resolved,
         detector=detector.name if "detection" in frames[set_name] else "not used",
-        notes=f"set {set_name}{shown}; CLIP {scorer.name}; captioner {captioner.name}; counting "
+        notes=f"requested profile {profile}; set {set_name}{shown}; CLIP {scorer.name}; captioner {captioner.name}; counting "
         f"{'original' if original_counting else 'fixed'}; 95% bootstrap CIs over prompts ({n_boot} resamples)",
     )
     save_table(wide_table(table), set_name, provenance, reports, title=f"{set_name}{shown}: method x metric")

@@ -38,16 +38,14 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from fidelity_lib.datasets import TOY_SETS
+from fidelity_lib.chapters import measured_tables
+from fidelity_lib.components import resolve_profile
 from fidelity_lib.files import atomic_write_bytes
 from fidelity_lib.metrics.summary import PAPER_TABLE_SHAPES, method_verdicts, paper_shaped_table
-from fidelity_lib.models import resolve_profile
 from fidelity_lib.report import Provenance, build_report, read_provenance, save_table
 
 reports = Path(reports_dir)
-toy = resolve_profile(profile) == "toy"  # only this profile's sets: a table left from another profile's run stays out
-measured = {path.stem.removesuffix("_ci"): pd.read_csv(path) for path in sorted((reports / "tables").glob("*_ci.csv"))
-            if (path.stem.removesuffix("_ci") in TOY_SETS) == toy}
+measured = measured_tables(reports / "tables", resolve_profile(profile))  # only this profile's sets
 for shape, (caption, _, metrics) in PAPER_TABLE_SHAPES.items():
     table = paper_shaped_table(measured, shape)
     if table.empty:

@@ -2,20 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fidelity_lib.attend_excite import (
-    AttendExciteConfig,
-    EmptyPromptError,
-    TokenIndexError,
-    attend_and_excite,
-    attend_and_excite_batch,
-    attention_layers,
-    check_token_indices,
-    gaussian_kernel,
-    subject_max_attention,
-    subject_token_indices,
-    uses_sd2_tokenizer,
-)
+from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite, attend_and_excite_batch, attention_layers, gaussian_kernel, subject_max_attention
 from fidelity_lib.models import clip_tokenizer, pndm_scheduler
+from fidelity_lib.prompts import EmptyPromptError, TokenIndexError, check_token_indices, subject_token_indices, uses_sd2_tokenizer
 
 PROMPT = "a cat and a dog"  # <sot> a cat and a dog <eot>: subjects 2 and 5, <eot> at 6
 
@@ -40,7 +29,7 @@ def test_gaussian_kernel_has_the_official_values():
     torch.testing.assert_close(kernel[1] / kernel[1].sum(), torch.tensor([0.211942, 0.576117, 0.211942]), atol=1e-6, rtol=0)
 
 
-def test_step_sizes_follow_the_spec():
+def test_step_sizes_follow_the_official_formula():
     scheduler = pndm_scheduler()
     scheduler.set_timesteps(50)
     assert len(scheduler.timesteps) == 51  # PNDM with skip_prk_steps repeats one timestep

@@ -9,15 +9,10 @@ import PIL.Image
 import pytest
 import torch
 
-from fidelity_lib.attend_excite import (
-    EmptyPromptError,
-    ImageSizeError,
-    PromptTooLongError,
-    TokenIndexError,
-    attend_and_excite,
-)
+from fidelity_lib.attend_excite import ImageSizeError, attend_and_excite
 from fidelity_lib.book import ParameterTypeError, check_parameters
 from fidelity_lib.datasets import UnknownPromptSetError, load_prompts
+from fidelity_lib.prompts import EmptyPromptError, PromptTooLongError, TokenIndexError
 from fidelity_lib.generate import (
     LOCK_NAME,
     InvalidSeedsError,
@@ -27,7 +22,8 @@ from fidelity_lib.generate import (
     main,
     parse_seeds,
 )
-from fidelity_lib.models import WeightsNotFoundError, load_pipeline
+from fidelity_lib.components import load_pipeline
+from fidelity_lib.models import WeightsNotFoundError
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a cat and a dog"  # tokens: 0=<sot> 1=a 2=cat 3=and 4=a 5=dog 6=<eot>, padding after
@@ -159,7 +155,8 @@ def test_generate_into_an_unwritable_place(tmp_path, tiny_pipe):
 
 
 def test_corrupt_image_in_the_eval_folder_is_reported_and_left_out(tmp_path):
-    from fidelity_lib.metrics import ClipScorer, clip_score, tiny_clip
+    from fidelity_lib.clip import tiny_clip
+    from fidelity_lib.metrics import ClipScorer, clip_score
 
     prompt = load_prompts("ae_animal_animal")[0].prompt
     folder = tmp_path / "sd" / prompt

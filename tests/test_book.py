@@ -98,13 +98,14 @@ def test_smoke_book(tmp_path):
 
     import pandas as pd
 
-    from fidelity_lib.models import resolve_profile
+    from fidelity_lib.components import resolve_profile
 
     reports = tmp_path / "reports"
     runs = run_book("smoke", out=reports, notebooks_dir=NOTEBOOKS_DIR)
     assert len(runs) == len(book_notebooks())
     records = [json.loads(path.read_text()) for path in reports.glob("*/*.provenance.json")]
     assert records and all(record["weights"] and record["commit"] for record in records)
+    assert {record["profile"] for record in records} <= {"toy", "tiny"}  # the profile that ran, never "smoke"
     if resolve_profile("smoke") != "toy":
         return
     ae = pd.read_csv(reports / "tables" / "paper_attend_excite.csv")

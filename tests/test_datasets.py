@@ -4,10 +4,10 @@ from fidelity_lib.datasets import (
     SET_NAMES, TOY_SETS, Relation, UnknownPromptSetError, find_record, load_prompt_set, load_prompts, prompt_folder_name,
     split_records,
 )
-from fidelity_lib.toyworld.model import TOKENIZER_MAX_LENGTH, used_token_ids
 from fidelity_lib.models import clip_tokenizer
+from fidelity_lib.toyworld.model import TOKENIZER_MAX_LENGTH, used_token_ids
 
-# Counts from the original evaluation scripts (spatial_temporal.md sections 3-4, attend_and_excite.md section 4).
+# Counts from the original evaluation scripts and prompt files (docs/official_*.md: Datasets, Prompts).
 EXPECTED = {  # set: (prompts, objects, relations)
     "ae_animal_animal": (66, 132, 0), "ae_animal_object": (144, 288, 0), "ae_object_object": (66, 132, 0),
     "gpt": (500, 1600, 950), "mscoco": (500, 809, 0), "vsr": (500, 1000, 500),

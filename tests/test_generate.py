@@ -4,8 +4,8 @@ import PIL.Image
 import pytest
 
 from fidelity_lib import generate as gen
-from fidelity_lib.attend_excite import EmptyPromptError, TokenIndexError
 from fidelity_lib.datasets import PromptRecord, load_prompts, prompt_folder_name
+from fidelity_lib.prompts import EmptyPromptError, TokenIndexError
 from fidelity_lib.generate import (
     Generated,
     GenerationOptions,

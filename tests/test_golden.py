@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite
+from fidelity_lib.components import load_loss_clip
 from fidelity_lib.layout.predictor import ObjectPlacement
-from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate, tiny_clip
+from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate
 
 PROMPT = "a cat and a dog"
 AE_CONFIG = AttendExciteConfig(max_iter_to_alter=3, thresholds={0: 0.3}, max_refinement_steps=3, scale_factor=2000)
@@ -39,7 +40,7 @@ def test_golden_attend_and_excite(tiny_pipe):
 
 
 def test_golden_spatial_temporal(tiny_pipe):
-    result = spacetime_generate(tiny_pipe, PROMPT, LAYOUT, seed=0, config=SpaceTimeConfig(num_inference_steps=3, passes=2), clip_model=tiny_clip())
+    result = spacetime_generate(tiny_pipe, PROMPT, LAYOUT, seed=0, config=SpaceTimeConfig(num_inference_steps=3, passes=2), clip_model=load_loss_clip("tiny"))
     pixels = np.asarray(result.image, dtype=np.float32) / 255
     assert np.abs(grid_slice(pixels) - EXPECTED["st"]).max() <= TOLERANCE["st"]
 

@@ -7,23 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fidelity_lib.clip import tiny_clip
+from fidelity_lib.components import load_captioner, load_detector, load_metric_clip
 from fidelity_lib.datasets import UnknownPromptSetError, load_prompt_set, prompt_folder_name
-from fidelity_lib.metrics import (
-    ClipScorer,
-    LavisCaptioner,
-    NoImagesError,
-    UnknownMethodError,
-    UnknownPromptFolderError,
-    blip_similarity,
-    clip_score,
-    load_captioner,
-    load_clip,
-    load_detector,
-    split_prompt,
-    template_texts,
-    tiny_blip,
-    tiny_clip,
-)
+from fidelity_lib.metrics import ClipScorer, LavisCaptioner, NoImagesError, UnknownMethodError, UnknownPromptFolderError, blip_similarity, clip_score, split_prompt, template_texts, tiny_blip
 from fidelity_lib.metrics.clip_score import IMAGENET_TEMPLATES, encode_text
 from fidelity_lib.models import WeightsNotFoundError
 
@@ -170,7 +157,7 @@ def test_paper_profile_never_downloads_and_says_what_to_fetch(tmp_path, monkeypa
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(WeightsNotFoundError, match="huggingface-cli download"):
-        load_clip("paper", weights=tmp_path / "nothing")
+        load_metric_clip("paper", weights=tmp_path / "nothing")
     with pytest.raises(WeightsNotFoundError, match="huggingface-cli download Salesforce/blip-image-captioning-base"):
         load_captioner("paper", weights=tmp_path / "nothing")
     with pytest.raises(WeightsNotFoundError, match="huggingface-cli download PekingU/rtdetr"):

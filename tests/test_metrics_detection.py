@@ -8,14 +8,13 @@ import torch
 from PIL import Image
 
 from fidelity_lib.datasets import Relation, load_prompt_set, prompt_folder_name
+from fidelity_lib.detections import Detection, relation_holds
 from fidelity_lib.metrics.detection import (
-    Detection,
     detection_aggregates,
     detection_score,
     detections_from_output,
     eval_class_name,
     objects_found,
-    relation_holds,
     relation_outcome,
     tiny_detector,
 )
@@ -31,12 +30,17 @@ def box(label, cx, cy, score=0.9, half=5.0):
 )
 def test_relation_rules_use_box_centres_with_y_down(relation, expected):
     cat, dog = box("cat", 10, 40), box("dog", 30, 20)
-    assert relation_holds(cat, dog, relation) is expected
+    assert relation_holds(cat.center, dog.center, relation) is expected
 
 
 @pytest.mark.parametrize("relation", ["left of", "right of", "above", "below"])
 def test_relation_ties_are_false(relation):
-    assert relation_holds(box("cat", 10, 10), box("dog", 10, 10, half=8), relation) is False
+    assert relation_holds(box("cat", 10, 10).center, box("dog", 10, 10, half=8).center, relation) is False
+
+
+def test_unknown_relation_is_refused_with_the_valid_words():
+    with pytest.raises(ValueError, match="left of, right of, above, below"):
+        relation_holds((0, 0), (1, 1), "near")
 
 
 def test_missing_object_skips_the_relation_and_low_scores_count_as_missing():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fidelity_lib.components import resolve_profile
 from fidelity_lib.datasets import set_for_profile
-from fidelity_lib.models import resolve_profile
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_eval.ipynb"
 
@@ -22,7 +22,8 @@ def test_eval_notebook_generates_images_and_writes_table_and_figure(tmp_path):
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
     scored = set_for_profile("mscoco", resolve_profile("smoke"))  # toy_mscoco on the toy world
     table = (tmp_path / "reports" / "tables" / f"{scored}.md").read_text()
-    assert "object_accuracy" in table and "Provenance: profile smoke" in table and "detector " in table
+    assert "object_accuracy" in table and f"Provenance: profile {resolve_profile('smoke')}" in table and "detector " in table
+    assert "requested profile smoke" in table
     assert (scored == "mscoco") == ("toy counterpart of mscoco" not in table)
     assert (tmp_path / "reports" / "figures" / f"{scored}_metrics.png").stat().st_size > 0
     assert (tmp_path / "reports" / "metrics" / scored / "ae" / "clip_aggregated_metrics.json").exists()

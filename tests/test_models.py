@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fidelity_lib.models import WeightsNotFoundError, clip_tokenizer, load_pipeline, tiny_pipeline
+from fidelity_lib.components import load_pipeline
+from fidelity_lib.models import WeightsNotFoundError, clip_tokenizer, tiny_pipeline
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -11,7 +11,7 @@ from fidelity_lib.report import MissingProvenanceError, Provenance, build_report
 
 
 def provenance() -> Provenance:
-    return Provenance(profile="smoke", weights="tiny-random(seed=0)", seeds="0-1", detector="toy-exact")
+    return Provenance(profile="tiny", weights="tiny-random(seed=0)", seeds="0-1", detector="toy-exact")
 
 
 def test_table_carries_its_provenance(tmp_path):
@@ -19,7 +19,7 @@ def test_table_carries_its_provenance(tmp_path):
     markdown = path.with_suffix(".md").read_text()
     assert "| sd" in markdown and "weights tiny-random(seed=0)" in markdown and "not Stable Diffusion results" in markdown
     record = read_provenance(path)
-    assert record["profile"] == "smoke" and record["seeds"] == "0-1" and record["commit"]
+    assert record["profile"] == "tiny" and record["seeds"] == "0-1" and record["commit"]
 
 
 def test_report_shows_tables_and_figures_with_provenance_and_refuses_the_rest(tmp_path):
@@ -31,7 +31,7 @@ def test_report_shows_tables_and_figures_with_provenance_and_refuses_the_rest(tm
     markdown, refused = build_report(tmp_path)
     assert "### MS-COCO" in markdown and "0.3125" in markdown and "![A curve](figures/curve.png)" in markdown
     assert "0.99" not in markdown and len(refused) == 1 and "orphan.csv" in refused[0]
-    assert markdown.count("Provenance: profile smoke") == 2
+    assert markdown.count("Provenance: profile tiny") == 2
     assert "Published numbers: not transcribed." in markdown
 
 
@@ -58,22 +58,32 @@ def test_benchmark_sections_replace_only_their_own_block(tmp_path):
 
 
 def test_provenance_labels_what_is_not_stable_diffusion():
-    assert "not Stable Diffusion" not in Provenance("paper -> paper", "sd-v1-4").line()
-    assert "toy world: not Stable Diffusion" in Provenance("smoke -> toy", "toyworld@x").line()
-    assert "random tiny models" in Provenance("smoke -> tiny", "tiny").line()
-    mixed = Provenance.combined([{"profile": "paper -> paper", "weights": "a"}, {"profile": "smoke -> toy", "weights": "b"}])
+    paper = Provenance("paper", "CompVis/stable-diffusion-v1-4", notes="requested profile paper")
+    assert paper.line().startswith("Provenance: profile paper; weights CompVis/stable-diffusion-v1-4")
+    assert "not Stable Diffusion" not in paper.line()
+    assert "toy world: not Stable Diffusion" in Provenance("toy", "toyworld@x").line()
+    assert "random tiny models" in Provenance("tiny", "tiny").line()
+    mixed = Provenance.combined([{"profile": "paper", "weights": "a"}, {"profile": "toy", "weights": "b"}])
     assert mixed.weights == "a; b" and "mixed profiles: not Stable Diffusion" in mixed.line()
+
+
+def test_provenance_holds_the_resolved_profile_and_reads_old_records():
+    with pytest.raises(ValueError, match="resolve it"):
+        Provenance("smoke", "toyworld@x")
+    old = Provenance.from_record({"profile": "smoke -> toy", "weights": "toyworld@x", "line": "..."})
+    assert old.profile == "toy" and "toy world" in old.line()
+    assert Provenance.combined([{"profile": "paper"}, {"profile": "paper"}]).profile == "paper"
 
 
 def test_a_rerun_with_the_same_content_leaves_the_artefact_and_its_record_alone(tmp_path):
     table = pd.DataFrame({"method": ["sd", "ae"], "value": [0.5, 0.6]})
-    first = Provenance("smoke -> toy", "toyworld@x", date="2026-01-01 00:00 UTC", commit="aaa")
+    first = Provenance("toy", "toyworld@x", date="2026-01-01 00:00 UTC", commit="aaa")
     save_table(table, "t", first, tmp_path)
     figure, axis = plt.subplots()
     axis.plot([0, 1])
     save_figure(figure, "f", first, tmp_path)
     before = {path: path.read_bytes() for path in tmp_path.rglob("*.*")}
-    later = Provenance("smoke -> toy", "toyworld@x", date="2026-02-02 00:00 UTC", commit="bbb")
+    later = Provenance("toy", "toyworld@x", date="2026-02-02 00:00 UTC", commit="bbb")
     save_table(table, "t", later, tmp_path)
     figure, axis = plt.subplots()
     axis.plot([0, 1])

@@ -152,7 +152,8 @@ def test_work_items_deal_every_item_to_exactly_one_process():
 
 
 def test_metrics_resume_from_their_per_image_cache(tmp_path, reference, monkeypatch):
-    from fidelity_lib.metrics import ClipScorer, clip_score, tiny_clip
+    from fidelity_lib.clip import tiny_clip
+    from fidelity_lib.metrics import ClipScorer, clip_score
 
     scorer = ClipScorer(tiny_clip())
     first = clip_score(reference, PROMPTS, scorer=scorer, metrics_dir=tmp_path)

@@ -2,31 +2,17 @@
 
 import os
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from fidelity_lib.attend_excite import AttendExciteConfig
+from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite
 from fidelity_lib.attention import cross_attention_layers
+from fidelity_lib.components import load_loss_clip
 from fidelity_lib.layout.predictor import ObjectPlacement
-from fidelity_lib.spacetime import (
-    SpaceTimeConfig,
-    SpaceTimeControl,
-    SpaceTimeFallbackWarning,
-    SpaceTimeProcessor,
-    clip_global_view,
-    convex_combination,
-    crop_box,
-    local_attention,
-    local_clip_name,
-    official_combination,
-    region_masks,
-    spacetime_control,
-    spacetime_generate,
-    tiny_clip,
-    weight_columns,
-)
+from fidelity_lib.spacetime import SpaceTimeConfig, SpaceTimeControl, SpaceTimeFallbackWarning, SpaceTimeProcessor, clip_global_view, convex_combination, crop_box, local_attention, local_clip_name, official_combination, region_masks, spacetime_control, spacetime_generate, weight_columns
 
 CAT = ObjectPlacement("cat", "a cat", 0.3, 0.4)
 DOG = ObjectPlacement("dog", "The dog", 0.7, 0.6)
@@ -35,7 +21,7 @@ PROMPT = "a cat to the left of a dog"
 
 @pytest.fixture(scope="module")
 def clip():
-    return tiny_clip()
+    return load_loss_clip("tiny")
 
 
 def brute_force_disc(x: float, y: float, height: int, width: int, radius: float = 0.2) -> np.ndarray:
@@ -47,7 +33,7 @@ def brute_force_disc(x: float, y: float, height: int, width: int, radius: float 
 def test_masks_are_discs_of_radius_0p2_at_every_sd_resolution():
     centre = [ObjectPlacement("bed", "the bed", 0.5, 0.5)]
     counts = {dim: int(region_masks(centre, dim).sum()) for dim in (64, 32, 16, 8)}
-    assert counts == {64: 509, 32: 129, 16: 37, 8: 9}  # spec 1.3's computed sizes
+    assert counts == {64: 509, 32: 129, 16: 37, 8: 9}  # sizes under the rule of attention.py L240-263
     for placement in (CAT, DOG):
         for height, width in ((32, 32), (16, 16), (8, 12)):
             mask = region_masks([placement], (height, width))[0].reshape(height, width).numpy().astype(bool)
@@ -145,7 +131,7 @@ def test_clip_views_follow_the_original():
 
 
 def test_weights_get_gradients_and_the_clip_loss_falls_over_passes(tiny_pipe, clip):
-    # lr 0.5 instead of 0.005: with the original lr two Adam updates move W by ~0.01 (spec 1.7), a change of the loss
+    # lr 0.5, not 0.005: with the original lr two Adam updates move W by ~0.01 (plms.py L216-291), a change of the loss
     # that a random CLIP barely registers; a larger step makes the descent measurable on the tiny model.
     config = SpaceTimeConfig(num_inference_steps=4, learning_rate=0.5)
     flags = [p.requires_grad for p in tiny_pipe.unet.parameters()]
@@ -223,13 +209,26 @@ def test_combined_mode_and_no_file_written_outside_the_output_folder(tiny_pipe, 
 def test_st_plus_ae_is_st_moved_by_the_given_attend_and_excite(tiny_pipe, clip):
     config = SpaceTimeConfig(num_inference_steps=3, passes=1)
     st = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=config, clip_model=clip)
-    idle = AttendExciteConfig(max_iter_to_alter=0, thresholds={})
-    unmoved = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=config, clip_model=clip, method="st+ae", ae_config=idle)
-    strong = AttendExciteConfig(max_iter_to_alter=3, thresholds={}, scale_factor=2000)
-    moved = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=config, clip_model=clip, method="st+ae", ae_config=strong)
+    idle = replace(config, attend_excite=AttendExciteConfig(max_iter_to_alter=0, thresholds={}))
+    unmoved = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=idle, clip_model=clip, method="st+ae")
+    strong = replace(config, attend_excite=AttendExciteConfig(max_iter_to_alter=3, thresholds={}, scale_factor=2000))
+    moved = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], config=strong, clip_model=clip, method="st+ae")
     pixels = [np.asarray(r.image, dtype=np.float32) / 255 for r in (st, unmoved, moved)]
     assert np.abs(pixels[1] - pixels[0]).max() <= 1 / 255  # an A&E that alters nothing leaves ST as it is
     assert np.abs(pixels[2] - pixels[0]).max() > 0.02  # the A&E it is given moves the latents (0.047 here)
+
+
+def test_st_plus_ae_without_the_spatial_edit_is_the_ae_method(tiny_pipe, clip):
+    """Zero region weights and no optimisation pass switch ST off: what is left is A&E with the same config."""
+    ae_config = AttendExciteConfig(max_iter_to_alter=3, thresholds={1: 0.9}, scale_factor=2000, max_refinement_steps=2)
+    config = SpaceTimeConfig(num_inference_steps=4, passes=1, weight_init=0.0, checkpointing=False, attend_excite=ae_config)
+    indices = (2, 7)  # "cat", "dog"
+    both = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], seed=5, config=config, clip_model=clip, method="st+ae", token_indices=indices)
+    ae = attend_and_excite(tiny_pipe, PROMPT, indices, seed=5, config=ae_config, num_inference_steps=4)
+    plain = spacetime_generate(tiny_pipe, PROMPT, [CAT, DOG], seed=5, config=config, clip_model=clip, method="st")
+    pixels = [np.asarray(image, dtype=np.float32) / 255 for image in (both.image, ae.image, plain.image)]
+    assert np.abs(pixels[0] - pixels[1]).max() <= 2 / 255  # the same A&E updates, within float tolerance
+    assert np.abs(pixels[2] - pixels[1]).max() > 4 / 255  # A&E moved this image: the match is not trivial
 
 
 def test_no_object_falls_back_to_plain_sd(tiny_pipe, clip):

@@ -9,10 +9,10 @@ from pycocotools.coco import COCO
 
 from fidelity_lib.models import clip_tokenizer
 from fidelity_lib.toyworld.detector import ToyDetector, object_present
-from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_available
-from fidelity_lib.toyworld.scenes import generate_scenes, write_coco_dataset
 from fidelity_lib.toyworld.evaluate import ONE_OBJECT_PROMPTS, baseline_images, evaluate, wilson_interval
+from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_available
 from fidelity_lib.toyworld.model import TOKENIZER_MAX_LENGTH, WEIGHTS_DIR, all_toy_captions, used_token_ids
+from fidelity_lib.toyworld.scenes import generate_scenes, write_coco_dataset
 from fidelity_lib.toyworld.scenes import parse_caption, relation_between, shape_mask
 
 MIN_ONE_OBJECT_HITS = 10  # of 12 (3 prompts x 4 seeds); the shipped weights give 12
@@ -139,7 +139,8 @@ def test_baseline_draws_the_colour_of_one_object_prompts(pipe):
 
 
 def test_toy_clip_prefers_the_true_caption():
-    model, preprocess, tokenizer = toy_clip()
+    clip = toy_clip()
+    model, preprocess, tokenizer = clip.model, clip.preprocess, clip.tokenizer
     scenes = [s for s in generate_scenes(300, seed=11) if len(s.objects) == 1 and parse_caption(s.caption).mentions[0].colour][:40]
     captions = sorted({f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle")})
     with torch.no_grad():
@@ -155,7 +156,7 @@ MIN_CAPTIONS_RIGHT = 0.7  # of 64 held-out scenes; the shipped toy BLIP names ev
 
 
 def test_toy_blip_names_the_objects_of_held_out_scenes():
-    from fidelity_lib.metrics.blip_similarity import load_captioner
+    from fidelity_lib.components import load_captioner
     from fidelity_lib.toyworld.captioner import caption_accuracy
 
     captioner = load_captioner("smoke", device="cpu")

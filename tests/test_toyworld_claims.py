@@ -10,9 +10,9 @@ import pytest
 
 from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite, attend_and_excite_batch
 from fidelity_lib.datasets import load_prompt_set, split_records
+from fidelity_lib.toyworld.calibration import Setting
 from fidelity_lib.toyworld.detector import ToyDetector
 from fidelity_lib.toyworld.evaluate import SAMPLING, attention_diagnostics, score_image
-from fidelity_lib.toyworld.experiment import Setting
 from fidelity_lib.toyworld.model import toy_pipeline
 from fidelity_lib.toyworld.scenes import parse_caption
 

@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from fidelity_lib.datasets import TOY_SPLIT_SEEDS
+from fidelity_lib.files import read_json_lines
 from fidelity_lib.toyworld import experiment
 from fidelity_lib.toyworld.calibration import calibration_plan, headline_plan
-from fidelity_lib.files import read_json_lines
-from fidelity_lib.toyworld.experiment import Setting, pairs_for, subject_indices, summarise, verdict
+from fidelity_lib.toyworld.calibration import Setting, subject_indices
+from fidelity_lib.toyworld.experiment import pairs_for, summarise, verdict
 
 
 def test_pairs_cover_every_prompt_of_the_split_with_its_own_seeds():

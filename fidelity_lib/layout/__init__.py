@@ -1,4 +1,4 @@
-"""The layout predictor of spatial-temporal attention: sentence -> one centre per object (spatial_temporal.md 2)."""
+"""The layout predictor of spatial-temporal attention: sentence -> one centre per object (official ``LT/``)."""
 
 from fidelity_lib.layout.data import (
     CocoAnnotationsMissingError, CocoFilter, LayoutExample, coco_examples, coco_files, gpt_examples, split_examples,

@@ -1,4 +1,4 @@
-"""Training data for the layout model: COCO-format captions + boxes, GPT sentences with relation labels (spec 2.3)."""
+"""Training data for the layout model: COCO-format captions + boxes, GPT sentences with relations (COCODataset.py)."""
 
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ class LayoutExample:
 
 @dataclass
 class CocoFilter:
-    min_area_fraction: float = 0.02  # keep boxes with area / image area > 0.02 (2.3)
-    min_objects: int = 3  # images with 3..8 kept objects, instances + stuff (2.3); the toy world needs 1
+    min_area_fraction: float = 0.02  # keep boxes with area / image area > 0.02 (COCODataset.py L73-282)
+    min_objects: int = 3  # images with 3..8 kept objects, instances + stuff (COCODataset.py); the toy world needs 1
     max_objects: int = 8
-    captions_per_image: int = 1  # the first caption of each image (2.3)
+    captions_per_image: int = 1  # the first caption of each image (COCODataset.py L73-282)
     caption_relations: bool = False  # also read relation labels from captions (extension; the original: GPT only)
 
 
@@ -124,12 +124,12 @@ def gpt_example(record: PromptRecord, lexicon: dict | None = None) -> LayoutExam
 
 
 def gpt_examples(lexicon: dict | None = None) -> list[LayoutExample]:
-    """The 500 GPT prompts as relation-labelled examples (the original trained on 2000 others, not shipped: 2.3)."""
+    """The 500 GPT prompts as relation-labelled examples (the original trained on 2000 others, gpt-3.pkl, not here)."""
     return [gpt_example(record, lexicon) for record in load_prompt_set("gpt")]
 
 
 def split_examples(examples: list, val_fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
-    """(train, validation): the first ``val_fraction`` of a seeded permutation is validation (2.3: numpy seed 0, 10 %)."""
+    """(train, validation): the first ``val_fraction`` of a permutation is validation (base_data_loader.py, seed 0)."""
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     cut = int(len(examples) * val_fraction)
     return [examples[i] for i in order[cut:]], [examples[i] for i in order[:cut]]
@@ -144,7 +144,7 @@ class Batch:
 
 
 def encode_batch(tokenizer, sentences: list[str], objects: list[tuple[ObjectMention, ...]], max_length: int) -> Batch:
-    """Tokenise, flag the first BPE token of every object's head word (2.3; the original flags all pieces at inference)."""
+    """Tokenise, flag the first BPE token of every object's head word (COCODataset.py; inference flags all pieces)."""
     encoded = tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_offsets_mapping=True, return_tensors="pt")
     object_mask = torch.zeros_like(encoded["input_ids"], dtype=torch.bool)
     positions = []

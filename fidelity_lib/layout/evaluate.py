@@ -9,19 +9,13 @@ from pathlib import Path
 import pandas as pd
 
 from fidelity_lib.datasets import load_prompt_set
+from fidelity_lib.detections import relation_holds
 from fidelity_lib.files import atomic_write_bytes
 from fidelity_lib.layout.data import LayoutExample
 from fidelity_lib.layout.extraction import record_mentions
-from fidelity_lib.layout.model import RELATION_AXES
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
 
 LAYOUTS_DIR = Path(__file__).resolve().parents[2] / "reports" / "layouts"  # the book's chapter 1 writes them
-
-
-def relation_holds(subject: tuple[float, float], obj: tuple[float, float], relation: str) -> bool:
-    """Whether centres satisfy the relation: left of = smaller x, above = smaller y (y downward)."""
-    axis, sign = RELATION_AXES[relation]
-    return sign * (obj[axis] - subject[axis]) > 0
 
 
 def evaluate_predictor(predictor: LayoutPredictor, coco_examples: list[LayoutExample], gpt_examples: list[LayoutExample]) -> pd.DataFrame:
@@ -81,7 +75,7 @@ def load_layouts(set_name: str, folder: str | Path = LAYOUTS_DIR) -> tuple[str, 
 
 
 def draw_layouts(layouts: dict[str, list[ObjectPlacement]], note: str, radius: float = 0.2):
-    """One panel per sentence: each object's centre and its radius-0.2 disc (the region the ST method uses, 1.3)."""
+    """One panel per sentence: each object's centre and its radius-0.2 disc (the ST region, attention.py L240-263)."""
     import matplotlib.pyplot as plt
     import textwrap
 

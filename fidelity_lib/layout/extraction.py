@@ -1,7 +1,7 @@
 """Objects of a sentence: noun phrases whose head is a category name (COCO things and stuff by default).
 
 The original parses with spaCy ``en_core_web_sm`` and keeps a noun chunk when a category name is a substring of it
-(spatial_temporal.md 2.2). spaCy's English model is not on PyPI, so the default backend here is a dependency-free
+(``inference_coco.py`` L460-465). spaCy's English model is not on PyPI, so the default backend here is a dependency-free
 lexicon matcher: category names, their plurals and a few synonyms ("television" -> tv), matched on whole words.
 """
 
@@ -49,7 +49,7 @@ SYNONYMS = {
     "teddy bear": ("teddy",),
     "skis": ("ski",),
     "cup": ("mug", "mugs"),
-}  # dataset wording the substring rule misses (spatial_temporal.md 2.2: "television" never matches 'tv')
+}  # dataset wording the substring rule misses (inference_coco.py L460-465: "television" never matches 'tv')
 IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis",
                      "leaves": "leaves", "clothes": "clothes", "stairs": "stairs", "clouds": "clouds",
                      "waterdrops": "waterdrops", "scissors": "scissors", "shelf": "shelves"}
@@ -65,7 +65,7 @@ RELATION_PATTERNS = {
     "right of": re.compile(r"\bright of\b"),
     "above": re.compile(r"\b(above|atop|on top of|over)\b"),
     "below": re.compile(r"\b(below|under|underneath|beneath)\b"),
-}  # the four relation words of the GPT labels (2.3) and their common wordings
+}  # the four relation words of the GPT labels (gpt.txt) and their common wordings
 MAX_NAME_WORDS = 3
 
 

@@ -1,6 +1,6 @@
 """The layout model: a RoBERTa encoder, a learned object vector at head-noun tokens, a 5-Gaussian mixture per token.
 
-Spec: spatial_temporal.md 2.1 (architecture) and 2.4 (losses). Deviation: the mixture means go through a sigmoid, so
+Official: LT/model/Model.py, bbox_head.py; LT/trainer/loss.py. Deviation: the mixture means go through a sigmoid, so
 every predicted centre lies in [0, 1]^2 (the original's means are unbounded and can leave the image).
 """
 
@@ -13,17 +13,18 @@ import torch
 from torch import nn
 from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
 
+from fidelity_lib.detections import RELATION_AXES
+
 PAPER_ENCODER = "roberta-base"
-RELATION_AXES = {"left of": (0, 1), "right of": (0, -1), "above": (1, 1), "below": (1, -1)}  # (axis, sign)
 
 
 @dataclass
 class LayoutConfig:
-    encoder: dict = field(default_factory=dict)  # RobertaConfig.to_dict(); roberta-base: 12 layers, 768, 12 heads (2.1)
-    components: int = 5  # GMM_head: 5 bivariate Gaussians (2.1)
-    rho_limit: float = 0.95  # rho = tanh clamped to +-0.95 (2.1)
-    max_length: int = 128  # BPE ids padded / truncated to 128 (2.2)
-    categories: tuple[str, ...] = ()  # the names the extractor looks for; empty = COCO things + stuff (2.2)
+    encoder: dict = field(default_factory=dict)  # RobertaConfig dict; Model.py L1022: roberta-base, 12 x 768, 12 heads
+    components: int = 5  # GMM_head: 5 bivariate Gaussians (bbox_head.py L46-137)
+    rho_limit: float = 0.95  # rho = tanh clamped to +-0.95 (bbox_head.py L46-137)
+    max_length: int = 128  # BPE ids padded / truncated to 128 (inference_coco.py L488-505)
+    categories: tuple[str, ...] = ()  # names the extractor looks for; empty = COCO things + stuff (category_dict.pkl)
     profile: str = "smoke"
     weights: str = "random"  # where the encoder started: "roberta-base" or "random"
 
@@ -77,7 +78,7 @@ def load_roberta_base(source: str = PAPER_ENCODER) -> tuple[RobertaModel, Robert
 
 
 class LayoutModel(nn.Module):
-    """Rel2Bbox (2.1): encoder + object vector, then Linear(h, h) -> Linear(h, 6K) mixture parameters per token."""
+    """Rel2Bbox (Model.py L1017-1034): encoder + object vector, Linear(h, h) -> Linear(h, 6K) mixture per token."""
 
     def __init__(self, config: LayoutConfig, encoder: RobertaModel | None = None):
         super().__init__()
@@ -85,14 +86,14 @@ class LayoutModel(nn.Module):
         self.encoder = encoder or RobertaModel(RobertaConfig.from_dict(config.encoder), add_pooling_layer=False)
         hidden = self.encoder.config.hidden_size
         self.object_embedding = nn.Parameter(torch.empty(1, hidden))
-        nn.init.kaiming_normal_(self.object_embedding)  # Kaiming-normal init (2.1)
-        self.decoder = nn.Linear(hidden, hidden)  # PDFDecoder's Linear(768, 768) (2.1)
-        self.gmm = nn.Linear(hidden, 6 * config.components)  # GMM_head's Linear(768, 30) (2.1)
+        nn.init.kaiming_normal_(self.object_embedding)  # Kaiming-normal init (Model.py L73-74)
+        self.decoder = nn.Linear(hidden, hidden)  # PDFDecoder's Linear(768, 768) (bbox_head.py L227-266)
+        self.gmm = nn.Linear(hidden, 6 * config.components)  # GMM_head's Linear(768, 30) (bbox_head.py L46-137)
         self._object_mask: torch.Tensor | None = None
         self.encoder.embeddings.register_forward_hook(self._add_object_vector)
 
     def _add_object_vector(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        """Add the object vector after the embedding LayerNorm and dropout, at flagged positions (2.1)."""
+        """Add the object vector after the embedding LayerNorm and dropout, at flagged positions (Model.py L222-227)."""
         return output + self._object_mask[..., None].to(output.dtype) * self.object_embedding
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, object_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -113,7 +114,7 @@ class LayoutModel(nn.Module):
 
 
 def mixture_nll(params: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """-log(sum_k pi_k N(target; mu_k, Sigma_k) + 1e-5) per row (Customized_Gmm_Loss, 2.4); params already gathered."""
+    """-log(sum_k pi_k N(target; mu_k, Sigma_k) + 1e-5) per row (loss.py L336-452); params already gathered."""
     log_pi = torch.log_softmax(params["pi_logits"], dim=-1)
     delta = (targets[:, None, :] - params["mu"]) / params["sigma"]
     rho = params["rho"]
@@ -125,7 +126,7 @@ def mixture_nll(params: dict[str, torch.Tensor], targets: torch.Tensor) -> torch
 
 
 def relation_hinge(mu_subject: torch.Tensor, mu_object: torch.Tensor, relations: list[str], margin: float) -> torch.Tensor:
-    """Customized_Hinge_Loss (2.4): e.g. left of: max_k mu_x(A) - min_k mu_x(B), floored at -margin; one value per row."""
+    """Customized_Hinge_Loss (loss.py L315-333): left of: max_k mu_x(A) - min_k mu_x(B), floored at -margin; per row."""
     axes = torch.tensor([RELATION_AXES[r][0] for r in relations], device=mu_subject.device)
     signs = torch.tensor([RELATION_AXES[r][1] for r in relations], device=mu_subject.device)
     rows = torch.arange(len(relations), device=mu_subject.device)
@@ -136,7 +137,7 @@ def relation_hinge(mu_subject: torch.Tensor, mu_object: torch.Tensor, relations:
 
 
 def component_means(params: dict[str, torch.Tensor], sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One centre per row: the mean of the most likely component, or of a component drawn from pi (2.1)."""
+    """One centre per row: mean of the most likely component, or of one drawn from pi (bbox_head.py L139-177)."""
     if sample:
         index = torch.multinomial(torch.softmax(params["pi_logits"], -1), 1, generator=generator)[:, 0]
     else:

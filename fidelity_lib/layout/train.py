@@ -1,4 +1,4 @@
-"""Training: hinge loss on GPT relations + 0.1 x mixture NLL of COCO centres, two Adams, a checkpoint every epoch (2.4)."""
+"""Training: hinge loss on GPT relations + 0.1 x COCO-centre NLL, two Adams, a checkpoint per epoch (Pretrain.py)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,24 @@ LATEST_FILE, STATE_FILE = "latest.json", "trainer_state.pt"
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100  # EPOCHS: 100 (2.4)
-    batch_size: int = 64  # BATCH_SIZE: 64 (2.4)
-    encoder_lr: float = 1e-6  # encoder MAX_LR 1e-6, linear decay to 1e-8 (2.4); smoke uses a larger value
-    head_lr: float = 4e-5  # box head MAX_LR 4e-5, 0.5 % warm-up, 0.1 % hold, linear decay (2.4)
-    weight_decay: float = 0.01  # Adam weight_decay 0.01 (2.4)
-    gmm_weight: float = 0.1  # total = hinge_sum + 0.1 * gmm_nll_sum (2.4)
-    margin: float = 0.2  # hinge floor -0.2 (2.4)
-    coco_per_epoch: int | None = 2000  # 2000 random COCO items per epoch next to the 2000 GPT items (2.3); None = all
+    epochs: int = 100  # EPOCHS: 100 (coco_seq2seq_v9_ablation_4.yaml)
+    batch_size: int = 64  # BATCH_SIZE: 64 (coco_seq2seq_v9_ablation_4.yaml)
+    encoder_lr: float = 1e-6  # encoder MAX_LR 1e-6, linear decay to 1e-8 (scheduler.py); smoke uses a larger value
+    head_lr: float = 4e-5  # box head MAX_LR 4e-5, 0.5 % warm-up, 0.1 % hold, linear decay (scheduler.py L86-130)
+    weight_decay: float = 0.01  # Adam weight_decay 0.01 (Pretrain.py L33-42)
+    gmm_weight: float = 0.1  # total = hinge_sum + 0.1 * gmm_nll_sum (Pretrain.py L263)
+    margin: float = 0.2  # hinge floor -0.2 (loss.py L315-333)
+    coco_per_epoch: int | None = 2000  # per epoch 2000 random COCO + the 2000 GPT items (COCODataset.py); None = all
     seed: int = 0
 
 
 def _encoder_factor(step: int, total: int, max_lr: float) -> float:
-    """BertScheduler, encoder: no warm-up, linear decay over all steps, floor 1e-8 (2.4)."""
+    """BertScheduler, encoder: no warm-up, linear decay over all steps, floor 1e-8 (scheduler.py)."""
     return max(1 - step / total, 1e-8 / max_lr)
 
 
 def _head_factor(step: int, total: int, max_lr: float) -> float:
-    """BertScheduler, head: warm-up 0.5 % from 0.1 x max, hold 0.1 %, then slope max / (0.9 x total), floor 1e-8 (2.4)."""
+    """BertScheduler (scheduler.py), head: warm-up 0.5 % from max/10, hold 0.1 %, slope max/(0.9 total), floor 1e-8."""
     warmup, hold = 0.005 * total, 0.001 * total
     if step < warmup:
         return 0.1 + 0.9 * step / warmup

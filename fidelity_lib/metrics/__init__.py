@@ -4,28 +4,17 @@ Each metric returns a MetricResult: a pandas frame with one row per image (unrea
 per-method aggregates with the original scripts' keys, and the JSON files it wrote under ``<metrics_dir>/<method>/``.
 """
 
-from fidelity_lib.metrics.blip_similarity import BlipCaptioner, Captioner, LavisCaptioner, blip_similarity, load_captioner, tiny_blip
-from fidelity_lib.metrics.clip_score import (
-    ClipModel,
-    ClipScorer,
-    clip_score,
-    load_clip,
-    random_vit_b16,
-    split_prompt,
-    template_texts,
-    tiny_clip,
-)
+from fidelity_lib.detections import Detection, Detector, relation_holds
+from fidelity_lib.metrics.blip_similarity import BlipCaptioner, Captioner, LavisCaptioner, blip_similarity, paper_blip, tiny_blip
+from fidelity_lib.metrics.clip_score import ClipScorer, clip_score, split_prompt, template_texts
 from fidelity_lib.metrics.detection import (
     OBJECT_THRESHOLD,
     RELATION_THRESHOLD,
-    Detection,
-    Detector,
     TransformersDetector,
     detection_score,
     eval_class_name,
-    load_detector,
     objects_found,
-    relation_holds,
+    paper_detector,
     relation_outcome,
     tiny_detector,
 )
@@ -42,10 +31,10 @@ from fidelity_lib.metrics.images import (
 from fidelity_lib.metrics.summary import bootstrap_ratio, metric_figure, metric_table, metrics_for, wide_table
 
 __all__ = [
-    "BlipCaptioner", "Captioner", "ClipModel", "ClipScorer", "Detection", "Detector", "ImageEntry", "ImageProblem",
+    "BlipCaptioner", "Captioner", "ClipScorer", "Detection", "Detector", "ImageEntry", "ImageProblem",
     "LavisCaptioner", "MetricResult", "NoImagesError", "OBJECT_THRESHOLD", "RELATION_THRESHOLD", "TransformersDetector",
     "UnknownMethodError", "UnknownPromptFolderError", "blip_similarity", "bootstrap_ratio", "clip_score", "collect_images",
-    "detection_score", "eval_class_name", "load_captioner", "load_clip", "load_detector", "metric_figure", "metric_table",
-    "metrics_for", "objects_found", "open_image", "random_vit_b16", "relation_holds", "relation_outcome", "split_prompt",
-    "template_texts", "tiny_blip", "tiny_clip", "tiny_detector", "wide_table",
+    "detection_score", "eval_class_name", "metric_figure", "metric_table", "metrics_for", "objects_found", "open_image",
+    "paper_blip", "paper_detector", "relation_holds", "relation_outcome", "split_prompt", "template_texts", "tiny_blip",
+    "tiny_detector", "wide_table",
 ]

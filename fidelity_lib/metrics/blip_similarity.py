@@ -1,4 +1,4 @@
-"""BLIP caption text-text similarity as in Attend-and-Excite's ``blip_captioning_and_clip_similarity.py`` (spec 3.3).
+"""BLIP caption text-text similarity as in Attend-and-Excite's ``metrics/blip_captioning_and_clip_similarity.py``.
 
 Each image gets one BLIP caption (beam 3, 10-30 tokens, "a picture of " prompt stripped, as LAVIS ``base_coco``);
 similarity = CLIP(caption, one plain encoding) . CLIP(prompt, 80-template ensemble). Aggregates: the mean and the
@@ -20,11 +20,11 @@ from PIL import Image
 from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
 from fidelity_lib.datasets import PAPER_SET_NAMES, load_prompt_set
-from fidelity_lib.metrics.clip_score import ClipScorer, load_clip
+from fidelity_lib.metrics.clip_score import ClipScorer
 from fidelity_lib.metrics.images import (
     MetricResult, cached_frame, collect_images, entry_row, iter_batches, problems_of, score_cache_path, write_json,
 )
-from fidelity_lib.models import WeightsNotFoundError, cache_dir, default_device, resolve_profile
+from fidelity_lib.models import WeightsNotFoundError, cache_dir, default_device
 
 BLIP_REPO_ID = "Salesforce/blip-image-captioning-base"
 CAPTION_PROMPT = "a picture of "
@@ -116,16 +116,8 @@ def tiny_blip(seed: int = 0, device=None) -> BlipCaptioner:
     return BlipCaptioner(model, processor, f"tiny-random-blip(seed={seed})", device)
 
 
-def load_captioner(profile: str = "smoke", weights: str | os.PathLike | None = None, device=None) -> Captioner:
-    """paper: BLIP base captioner from a local folder or the HF cache (never downloads); toy: the toy world's trained
-    BLIP (an error if it is not shipped); tiny: a random BLIP."""
-    resolved = resolve_profile(profile)
-    if resolved == "toy":
-        from fidelity_lib.toyworld.captioner import toy_blip  # toyworld builds on this module
-
-        return toy_blip(device=device)
-    if resolved != "paper":
-        return tiny_blip(device=device)
+def paper_blip(weights: str | os.PathLike | None = None, device=None) -> BlipCaptioner:
+    """The BLIP base captioner from a local folder or the HF cache (never downloads)."""
     source = str(Path(weights).expanduser()) if weights is not None else BLIP_REPO_ID
     try:
         model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=True)
@@ -185,15 +177,13 @@ def blip_similarity(
     images_dir: str | Path,
     dataset: str,
     methods: list[str] | None = None,
-    captioner: Captioner | None = None,
-    scorer: ClipScorer | None = None,
-    profile: str = "smoke",
+    *,
+    captioner: Captioner,
+    scorer: ClipScorer,
     metrics_dir: str | Path | None = None,
     batch_size: int = 16,
 ) -> MetricResult:
     """BLIP caption text-text similarity; writes ``<metrics_dir>/<method>/blip_{raw,aggregated}_metrics.json``."""
-    captioner = captioner if captioner is not None else load_captioner(profile)
-    scorer = scorer if scorer is not None else ClipScorer(load_clip(profile))
     cache = score_cache_path(metrics_dir, "blip", {"captioner": captioner.name, "model": scorer.name})
     compute = partial(blip_frame, captioner=captioner, scorer=scorer, batch_size=batch_size)
     frame = cached_frame(collect_images(images_dir, dataset, methods), compute, cache)

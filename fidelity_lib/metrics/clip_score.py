@@ -1,4 +1,4 @@
-"""CLIP image-text similarity as in Attend-and-Excite's ``compute_clip_similarity.py`` (spec attend_and_excite.md 3.1-3.2).
+"""CLIP image-text similarity as in Attend-and-Excite's ``metrics/compute_clip_similarity.py``.
 
 Per image: cosine similarity with the 80-ImageNet-template embedding of the full prompt and of its two halves
 (split on " and ", else " with "). Aggregates are flat means over images: ``full_text_aggregation`` and
@@ -12,9 +12,6 @@ sequence (exact, the text encoder is causal) and images are encoded in batches.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -26,25 +23,14 @@ from open_clip.transformer import text_global_pool
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 
+from fidelity_lib.clip import ClipModel
 from fidelity_lib.metrics.images import (
     MetricResult, cached_frame, collect_images, entry_row, iter_batches, problems_of, score_cache_path, write_json,
 )
-from fidelity_lib.models import WeightsNotFoundError, default_device, resolve_profile
+from fidelity_lib.models import default_device
 
 IMAGENET_TEMPLATES = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)  # the 80 CLIP ImageNet templates
-CLIP_ARCH = "ViT-B-16"
-OPENAI_HF_REPO = "timm/vit_base_patch16_clip_224.openai"  # where open_clip keeps the OpenAI ViT-B/16 weights
-OPENAI_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-@dataclass
-class ClipModel:
-    """An open_clip model with its image transform, tokenizer and a name for outputs."""
-
-    model: torch.nn.Module
-    preprocess: Callable[[Image.Image], torch.Tensor]
-    tokenizer: Callable[[list[str]], torch.Tensor]
-    name: str
+CLIP_ARCH = "ViT-B-16"  # the metrics' CLIP (metrics/compute_clip_similarity.py); fidelity_lib.clip.openai_clip loads it
 
 
 def template_texts(text: str) -> list[str]:
@@ -114,69 +100,6 @@ class ClipScorer:
         return torch.nn.functional.normalize(torch.cat(rows), dim=-1).cpu()
 
 
-def tiny_clip(seed: int = 0, image_size: int = 64) -> ClipModel:
-    """A small random-weight CLIP (ViT image tower, 77-token text tower, the real CLIP BPE), built offline."""
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(
-        embed_dim=64,
-        vision_cfg=open_clip.CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=image_size),
-        text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
-        quick_gelu=True,
-    )
-    preprocess = open_clip.image_transform(image_size, is_train=False)
-    return ClipModel(model.eval(), preprocess, open_clip.get_tokenizer(CLIP_ARCH), f"tiny-random-clip(seed={seed})")
-
-
-def random_vit_b16(seed: int = 0) -> ClipModel:
-    """open_clip ViT-B-16 with random weights (pretrained=None), built offline: benchmarks and shape checks."""
-    torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(CLIP_ARCH, pretrained=None, force_quick_gelu=True)
-    return ClipModel(model.eval(), preprocess, open_clip.get_tokenizer(CLIP_ARCH), f"random-{CLIP_ARCH}(seed={seed})")
-
-
-def _missing_clip_message(where: str) -> str:
-    return (
-        f"CLIP {CLIP_ARCH} OpenAI weights were not found in {where}. This book never downloads weights. On a machine "
-        f"with internet access run\n    huggingface-cli download {OPENAI_HF_REPO} open_clip_model.safetensors\n"
-        f"(fills the Hugging Face cache, HF_HOME, default ~/.cache/huggingface) or add --local-dir ~/weights/clip-vit-b-16 "
-        f"and pass clip_weights=~/weights/clip-vit-b-16 (a folder holding one of {', '.join(OPENAI_FILES)}, or that file)."
-    )
-
-
-def _openai_checkpoint(weights: str | os.PathLike | None) -> Path:
-    if weights is not None:
-        path = Path(weights).expanduser()
-        candidates = [path] if path.is_file() else [path / name for name in OPENAI_FILES]
-        found = next((candidate for candidate in candidates if candidate.is_file()), None)
-        if found is None:
-            raise WeightsNotFoundError(_missing_clip_message(str(path)))
-        return found
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in OPENAI_FILES:
-        cached = try_to_load_from_cache(OPENAI_HF_REPO, name)
-        if isinstance(cached, str):
-            return Path(cached)
-    raise WeightsNotFoundError(_missing_clip_message(f"the local Hugging Face cache ({OPENAI_HF_REPO})"))
-
-
-def load_clip(profile: str = "smoke", weights: str | os.PathLike | None = None) -> ClipModel:
-    """paper: ViT-B-16 OpenAI weights from a local file/folder or the HF cache; smoke: the toy world's CLIP if shipped; else tiny."""
-    resolved = resolve_profile(profile)
-    if resolved == "paper":
-        checkpoint = _openai_checkpoint(weights)
-        model, _, preprocess = open_clip.create_model_and_transforms(CLIP_ARCH, pretrained=str(checkpoint), force_quick_gelu=True)
-        return ClipModel(model.eval(), preprocess, open_clip.get_tokenizer(CLIP_ARCH), f"open_clip {CLIP_ARCH} openai ({checkpoint})")
-    if resolved == "toy":
-        try:
-            from fidelity_lib.toyworld.model import toy_clip
-        except ImportError:
-            return tiny_clip()
-        model, preprocess, tokenizer = toy_clip()
-        return ClipModel(model.eval(), preprocess, tokenizer, "toyworld-clip")
-    return tiny_clip()
-
-
 def clip_frame(entries: list, scorer: ClipScorer, batch_size: int = 32) -> pd.DataFrame:
     """One row per image: full-prompt and half-prompt similarities (NaN halves for prompts that do not split)."""
     prompts = list(dict.fromkeys(entry.prompt for entry in entries))
@@ -233,14 +156,13 @@ def clip_score(
     images_dir: str | Path,
     dataset: str,
     methods: list[str] | None = None,
-    scorer: ClipScorer | None = None,
-    profile: str = "smoke",
+    *,
+    scorer: ClipScorer,
     metrics_dir: str | Path | None = None,
     batch_size: int = 32,
     original_counting: bool = False,
 ) -> MetricResult:
     """CLIP image-text similarity of every image; writes ``<metrics_dir>/<method>/clip_{raw,aggregated}_metrics.json``."""
-    scorer = scorer if scorer is not None else ClipScorer(load_clip(profile))
     cache = score_cache_path(metrics_dir, "clip", {"model": scorer.name})
     frame = cached_frame(collect_images(images_dir, dataset, methods), partial(clip_frame, scorer=scorer, batch_size=batch_size), cache)
     result = MetricResult(frame, {})

@@ -1,4 +1,4 @@
-"""Detector-based object accuracy and spatial-relation accuracy (spec spatial_temporal.md 3.1-3.4).
+"""Detector-based object accuracy and spatial-relation accuracy (``SD/evaluation/*.py`` of the official code).
 
 Object accuracy = detected expected objects / all expected objects, pooled over images (score > 0.4). Relation
 accuracy (score > 0.5, box-centre rules) is reported as in the original scripts, over relations whose two objects
@@ -11,46 +11,24 @@ listing order); ``original_counting=True`` reproduces that selection.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from fidelity_lib.datasets import COCO_CLASSES, EXCLUDED_CLASSES, RELATION_WORDS, Relation
+from fidelity_lib.datasets import COCO_CLASSES, EXCLUDED_CLASSES, Relation
+from fidelity_lib.detections import Detection, Detector, relation_holds
 from fidelity_lib.metrics.images import (
     MetricResult, cached_frame, collect_images, entry_row, iter_batches, problems_of, score_cache_path, write_json,
 )
-from fidelity_lib.models import WeightsNotFoundError, default_device, resolve_profile
+from fidelity_lib.models import WeightsNotFoundError, default_device
 
 
-@dataclass(frozen=True)
-class Detection:
-    """One labelled box in pixel coordinates (x0, y0, x1, y1), y growing downward."""
-
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
-
-    @property
-    def center(self) -> tuple[float, float]:
-        x0, y0, x1, y1 = self.box
-        return (x0 + x1) / 2, (y0 + y1) / 2
-
-
-class Detector(Protocol):
-    """Anything that turns an image into labelled boxes; ``name`` goes into every output that uses it."""
-
-    name: str
-
-    def detect(self, image: Image.Image) -> list[Detection]: ...
-
-
-OBJECT_THRESHOLD = 0.4  # object accuracy keeps detections with score > 0.4 (strict), spatial_temporal.md 3.1
+OBJECT_THRESHOLD = 0.4  # object accuracy keeps detections with score > 0.4 (strict), detector_result_*.py L115
 RELATION_THRESHOLD = 0.5  # relation accuracy keeps detections with score > 0.5
 RTDETR_REPO_ID = "PekingU/rtdetr_r101vd_coco_o365"
 LABEL_ALIASES = {
@@ -65,15 +43,6 @@ def eval_class_name(label: str, excluded: tuple[str, ...] = EXCLUDED_CLASSES) ->
     name = " ".join(label.strip().lower().replace("_", " ").split())
     name = LABEL_ALIASES.get(name, name)
     return name if name in COCO_CLASSES and name not in excluded else None
-
-
-def relation_holds(subject: Detection, obj: Detection, relation: str) -> bool:
-    """The original box-centre rule, strict inequalities, y growing downward."""
-    (sx, sy), (ox, oy) = subject.center, obj.center
-    rules = {"left of": sx < ox, "right of": sx > ox, "above": sy < oy, "below": sy > oy}
-    if relation not in rules:
-        raise ValueError(f"Unknown relation {relation!r}: choose one of {', '.join(RELATION_WORDS)}.")
-    return rules[relation]
 
 
 def detected_names(detections: list[Detection], threshold: float) -> set[str]:
@@ -94,7 +63,7 @@ def relation_outcome(detections: list[Detection], relation: Relation, threshold:
     objects = [d for d in kept if d.label == relation.object]
     if not subjects or not objects:
         return None
-    return any(relation_holds(s, o, relation.relation) for s in subjects for o in objects)
+    return any(relation_holds(s.center, o.center, relation.relation) for s in subjects for o in objects)
 
 
 def detections_from_output(scores, labels, boxes, id2label: dict[int, str]) -> list[Detection]:
@@ -148,21 +117,8 @@ def tiny_detector(seed: int = 0, device: str | torch.device | None = None) -> Tr
     return TransformersDetector(model, processor, f"tiny-random-rtdetr(seed={seed})", device)
 
 
-def load_detector(profile: str = "smoke", weights: str | os.PathLike | None = None, device=None) -> Detector:
-    """paper: RT-DETR (COCO) from a local folder or the HF cache; smoke: the toy world's detector if present; else tiny."""
-    resolved = resolve_profile(profile)
-    if resolved == "paper":
-        return _paper_detector(weights, device)
-    if resolved == "toy":
-        try:
-            from fidelity_lib.toyworld.detector import ToyDetector
-        except ImportError:
-            return tiny_detector(device=device)
-        return ToyDetector()
-    return tiny_detector(device=device)
-
-
-def _paper_detector(weights: str | os.PathLike | None, device) -> TransformersDetector:
+def paper_detector(weights: str | os.PathLike | None = None, device=None) -> TransformersDetector:
+    """RT-DETR (COCO) from a local folder or the HF cache (never downloads); any COCO detector in transformers works."""
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
     source = str(Path(weights).expanduser()) if weights is not None else RTDETR_REPO_ID
@@ -271,8 +227,8 @@ def detection_score(
     images_dir: str | Path,
     dataset: str,
     methods: list[str] | None = None,
-    detector: Detector | None = None,
-    profile: str = "smoke",
+    *,
+    detector: Detector,
     metrics_dir: str | Path | None = None,
     object_threshold: float = OBJECT_THRESHOLD,
     relation_threshold: float = RELATION_THRESHOLD,
@@ -283,7 +239,6 @@ def detection_score(
     ``original_counting`` reproduces the relation scripts' image selection (VSR: one image; GPT: the first 500 files in
     directory-listing order); the default evaluates every image. Both report the conditional and unconditional accuracy.
     """
-    detector = detector if detector is not None else load_detector(profile)
     entries = collect_images(images_dir, dataset, methods, listdir_order=original_counting)
     settings = {"detector": detector.name, "object_threshold": object_threshold, "relation_threshold": relation_threshold}
     compute = partial(detection_frame, detector=detector, object_threshold=object_threshold, relation_threshold=relation_threshold)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fidelity_lib.detections import Detector
 from fidelity_lib.metrics.blip_similarity import Captioner, blip_similarity
 from fidelity_lib.metrics.clip_score import ClipScorer, clip_score
-from fidelity_lib.metrics.detection import Detector, detection_score
+from fidelity_lib.metrics.detection import detection_score
 from fidelity_lib.metrics.summary import metrics_for
 
 
@@ -32,7 +33,7 @@ def score_set(
     }
     if "object_accuracy" in metrics_for(dataset):
         if detector is None:
-            raise ValueError(f"{dataset} is scored with object accuracy: pass a detector (metrics.load_detector).")
+            raise ValueError(f"{dataset} is scored with object accuracy: pass a detector (components.load_detector).")
         frames["detection"] = detection_score(
             images_dir, dataset, methods, detector=detector, metrics_dir=metrics_dir, original_counting=original_counting
         ).frame

@@ -7,7 +7,8 @@ in ``data/toyworld/results/calibrate_rates.csv`` and ``calibrate_paired.csv``, w
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 
@@ -17,11 +18,55 @@ from fidelity_lib.generate import GenerationOptions
 from fidelity_lib.layout.predictor import ObjectPlacement
 from fidelity_lib.spacetime import SpaceTimeConfig
 from fidelity_lib.toyworld.evaluate import SAMPLING, relation_layout
-from fidelity_lib.toyworld.experiment import Job, Plan, Setting, subject_indices
 from fidelity_lib.toyworld.scenes import parse_caption
 
 STEPS = SAMPLING["num_inference_steps"]  # 25: the toy world samples with half the paper's 50 PNDM steps
 HALF = STEPS // 2  # the paper alters the first 25 of 50 steps
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One method with one group of settings: ``name`` keys the cache, the configs say what ran."""
+
+    name: str
+    method: str  # sd, ae, st or st+ae
+    ae: AttendExciteConfig | None = None
+    excite: str = "nouns"  # which tokens A&E excites: "nouns" or "colours-and-nouns"
+    st: SpaceTimeConfig | None = None
+    layout_gap: float = 0.2  # ST: the two objects' centres are 2 x gap apart along the relation
+
+    def describe(self) -> dict:
+        return {"setting": self.name, "method": self.method, "excite": self.excite, "layout_gap": self.layout_gap,
+                "ae": json.dumps(asdict(self.ae), default=str) if self.ae else "", "st": json.dumps(asdict(self.st)) if self.st else ""}
+
+
+def subject_indices(record: PromptRecord, excite: str) -> tuple[int, ...]:
+    """The nouns (the records' subject tokens), or the colours and the nouns."""
+    if excite == "nouns":
+        return record.subject_token_indices
+    mentions = parse_caption(record.prompt).mentions
+    return tuple(sorted(i for m in mentions for i in (m.colour_index, m.noun_index) if i is not None))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One setting on one set with at least ``n_pairs`` (prompt, seed) pairs."""
+
+    set_name: str
+    setting: Setting
+    n_pairs: int
+
+
+@dataclass
+class Plan:
+    """Jobs in the order they run (cheap and most wanted first), all on one split."""
+
+    split: str
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def sets(self) -> list[str]:
+        return list(dict.fromkeys(job.set_name for job in self.jobs))
 
 
 def st_base(**changes) -> SpaceTimeConfig:

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fidelity_lib.metrics.detection import Detection
+from fidelity_lib.detections import Detection
 from fidelity_lib.toyworld.scenes import BACKGROUND, COLOURS, PALETTE
 
 MAX_COLOUR_DISTANCE = 70.0  # RGB L2 distance beyond which a pixel belongs to no palette colour

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fidelity_lib.attention import AttentionStore, attention_hook, cross_attention_layers
-from fidelity_lib.metrics.detection import Detection, relation_holds
+from fidelity_lib.detections import RELATION_AXES, Detection, relation_holds
 from fidelity_lib.toyworld.detector import ToyDetector, colour_map, label_matches
 from fidelity_lib.toyworld.scenes import Mention, ToyCaption, parse_caption
 
@@ -51,7 +51,7 @@ def score_image(detections: list[Detection], caption: ToyCaption) -> dict:
     row["first_present"] = found[0] is not None
     row["second_present"] = found[1] is not None if len(found) > 1 else None
     if caption.relation is not None:
-        row["relation_correct"] = bool(found[0] and found[1] and relation_holds(found[0], found[1], metric_relation(caption.relation)))
+        row["relation_correct"] = bool(found[0] and found[1] and relation_holds(found[0].center, found[1].center, metric_relation(caption.relation)))
     else:
         row["relation_correct"] = None
     return row
@@ -117,9 +117,6 @@ def paired_difference(treated: pd.DataFrame, baseline: pd.DataFrame, column: str
     return {"metric": column, "n_pairs": len(differences), "difference": float(differences.mean()), "ci_low": float(low), "ci_high": float(high)}
 
 
-RELATION_OFFSETS = {"to the left of": (-1, 0), "to the right of": (1, 0), "above": (0, -1), "below": (0, 1)}
-
-
 def relation_layout(prompt: str, gap: float = 0.2) -> list[ObjectPlacement]:
     """The two objects 2 x ``gap`` apart along the prompt's relation (no relation stated: the first on the left)."""
     from fidelity_lib.layout.predictor import ObjectPlacement
@@ -127,11 +124,13 @@ def relation_layout(prompt: str, gap: float = 0.2) -> list[ObjectPlacement]:
     parsed = parse_caption(prompt)
     if len(parsed.mentions) != 2:
         raise ValueError(f"{prompt!r} does not name two objects.")
-    dx, dy = RELATION_OFFSETS[parsed.relation or "to the left of"]
+    axis, sign = RELATION_AXES[metric_relation(parsed.relation or "to the left of")]
+    offset = [0.0, 0.0]
+    offset[axis] = -sign * gap  # the subject on the smaller side of the axis for "left of" and "above"
     first, second = parsed.mentions
     return [
-        ObjectPlacement(first.shape, f"a {first.name}", 0.5 + dx * gap, 0.5 + dy * gap),
-        ObjectPlacement(second.shape, f"a {second.name}", 0.5 - dx * gap, 0.5 - dy * gap),
+        ObjectPlacement(first.shape, f"a {first.name}", 0.5 + offset[0], 0.5 + offset[1]),
+        ObjectPlacement(second.shape, f"a {second.name}", 0.5 - offset[0], 0.5 - offset[1]),
     ]
 
 

@@ -19,46 +19,31 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch
+from fidelity_lib.attend_excite import attend_and_excite_batch
 from fidelity_lib.datasets import TOY_SPLIT_SEEDS, PromptRecord, load_prompt_set, split_records
 from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
 from fidelity_lib.report import REPO_ROOT, Provenance
-from fidelity_lib.spacetime import SpaceTimeConfig, spacetime_generate
+from fidelity_lib.spacetime import spacetime_generate
+from fidelity_lib.toyworld.calibration import Job, Plan, Setting, calibration_plan, headline_plan, subject_indices
 from fidelity_lib.toyworld.detector import ToyDetector
 from fidelity_lib.toyworld.evaluate import (
     SAMPLING, attention_diagnostics, paired_difference, rate_table, relation_layout, score_image,
 )
-from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_id
 from fidelity_lib.toyworld.captioner import caption_accuracy, toy_blip
+from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_id
 from fidelity_lib.toyworld.scenes import generate_scenes, parse_caption
 from fidelity_lib.toyworld.train import VALIDATION_SEED
 
 RESULTS_DIR = REPO_ROOT / "data" / "toyworld" / "results"
 CACHE_NAME = "rows.jsonl"
 TOY_NOTE = "toy-world numbers (coloured shapes, a 1.1M-parameter UNet): not Stable Diffusion results"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One method with one group of settings: ``name`` keys the cache, the configs say what ran."""
-
-    name: str
-    method: str  # sd, ae, st or st+ae
-    ae: AttendExciteConfig | None = None
-    excite: str = "nouns"  # which tokens A&E excites: "nouns" or "colours-and-nouns"
-    st: SpaceTimeConfig | None = None
-    layout_gap: float = 0.2  # ST: the two objects' centres are 2 x gap apart along the relation
-
-    def describe(self) -> dict:
-        return {"setting": self.name, "method": self.method, "excite": self.excite, "layout_gap": self.layout_gap,
-                "ae": json.dumps(asdict(self.ae), default=str) if self.ae else "", "st": json.dumps(asdict(self.st)) if self.st else ""}
 
 
 def pairs_for(set_name: str, split: str, n_pairs: int) -> list[tuple[PromptRecord, int]]:
@@ -71,14 +56,6 @@ def pairs_for(set_name: str, split: str, n_pairs: int) -> list[tuple[PromptRecor
     return [(record, seeds[k * len(records) + i]) for k in range(rounds) for i, record in enumerate(records)]
 
 
-def subject_indices(record: PromptRecord, excite: str) -> tuple[int, ...]:
-    """The nouns (the records' subject tokens), or the colours and the nouns."""
-    if excite == "nouns":
-        return record.subject_token_indices
-    mentions = parse_caption(record.prompt).mentions
-    return tuple(sorted(i for m in mentions for i in (m.colour_index, m.noun_index) if i is not None))
-
-
 def make_images(pipe, setting: Setting, items: Sequence[tuple[PromptRecord, int]], clip_model) -> list:
     """The images of a batch of (record, seed) items with one setting (sd and ae batched, st one by one)."""
     prompts, seeds = [r.prompt for r, _ in items], [s for _, s in items]
@@ -88,10 +65,11 @@ def make_images(pipe, setting: Setting, items: Sequence[tuple[PromptRecord, int]
     if setting.method == "ae":
         indices = [subject_indices(record, setting.excite) for record, _ in items]
         return [r.image for r in attend_and_excite_batch(pipe, prompts, indices, seeds=seeds, config=setting.ae, **SAMPLING)]
+    config = replace(setting.st, attend_excite=setting.ae) if setting.ae is not None else setting.st
     return [
         spacetime_generate(
-            pipe, record.prompt, relation_layout(record.prompt, setting.layout_gap), seed=seed, config=setting.st,
-            clip_model=clip_model, method=setting.method, token_indices=subject_indices(record, setting.excite), ae_config=setting.ae,
+            pipe, record.prompt, relation_layout(record.prompt, setting.layout_gap), seed=seed, config=config,
+            clip_model=clip_model, method=setting.method, token_indices=subject_indices(record, setting.excite),
         ).image
         for record, seed in items
     ]
@@ -147,27 +125,6 @@ def write_results(name: str, table: pd.DataFrame, provenance: Provenance, folder
     record = asdict(provenance) | {"line": provenance.line()}
     atomic_write_bytes(path.with_suffix(".provenance.json"), json.dumps(record, indent=2).encode())
     return path
-
-
-@dataclass(frozen=True)
-class Job:
-    """One setting on one set with at least ``n_pairs`` (prompt, seed) pairs."""
-
-    set_name: str
-    setting: Setting
-    n_pairs: int
-
-
-@dataclass
-class Plan:
-    """Jobs in the order they run (cheap and most wanted first), all on one split."""
-
-    split: str
-    jobs: list[Job] = field(default_factory=list)
-
-    @property
-    def sets(self) -> list[str]:
-        return list(dict.fromkeys(job.set_name for job in self.jobs))
 
 
 def execute(plan: Plan, name: str, folder: Path, batch_size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -236,7 +193,8 @@ def write_metric_models(folder: Path, seed: int = VALIDATION_SEED) -> pd.DataFra
     scenes = generate_scenes(VALIDATION_SCENES, seed)
     detector = ToyDetector()
     exact = sum(sorted(d.label for d in detector.detect(s.pil())) == sorted(o.name for o in s.objects) for s in scenes)
-    model, preprocess, tokenizer = toy_clip()
+    clip = toy_clip()
+    model, preprocess, tokenizer = clip.model, clip.preprocess, clip.tokenizer
     single = [s for s in scenes if len(s.objects) == 1]
     names = sorted({f"a {o.name}" for s in single for o in s.objects})
     with torch.no_grad():
@@ -258,8 +216,6 @@ def write_metric_models(folder: Path, seed: int = VALIDATION_SEED) -> pd.DataFra
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fidelity_lib.toyworld.calibration import calibration_plan, headline_plan
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("calibrate", "headline", "attention", "metric-models"))
     parser.add_argument("--pairs", type=int, help="(prompt, seed) pairs per set and setting (default: the plan's)")

@@ -1,25 +1,9 @@
-"""Plotting helpers of the toy-world chapter: image grids and rate bars with their 95% intervals."""
+"""Plotting helpers of the toy-world chapter: rate bars with their 95% intervals (image grids: fidelity_lib.figures)."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from PIL import Image
-
-
-def image_grid(rows: list[list[Image.Image]], row_titles: list[str], title: str, cell: float = 1.0):
-    """One row of images per title, no ticks; the title of each row on its left."""
-    columns = max(len(row) for row in rows)
-    figure, axes = plt.subplots(len(rows), columns, figsize=(cell * columns + 2.5, 1.15 * cell * len(rows)), squeeze=False)
-    for axis_row, images, row_title in zip(axes, rows, row_titles):
-        for axis in axis_row:
-            axis.set_xticks([])
-            axis.set_yticks([])
-        for axis, image in zip(axis_row, images):
-            axis.imshow(image)
-        axis_row[0].set_ylabel(row_title, rotation=0, ha="right", va="center", fontsize=7)
-    figure.suptitle(title, fontsize=9)
-    return figure
 
 
 def rate_bars(rates: pd.DataFrame, label: str, group: str, title: str, ylabel: str = "rate (95% CI)"):

@@ -18,6 +18,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from fidelity_lib.clip import ClipModel
 from fidelity_lib.models import CLIP_VOCAB_SIZE, clip_tokenizer, pndm_scheduler
 from fidelity_lib.toyworld.scenes import COLOURS, IMAGE_SIZE, RELATION_FORMS, RELATIONS, SHAPES
 
@@ -254,8 +255,8 @@ def clip_text_tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer(context_length=CLIP_CONTEXT_LENGTH)
 
 
-def toy_clip(folder: str | Path = WEIGHTS_DIR) -> tuple[CLIP, object, SimpleTokenizer]:
-    """(model, preprocess, tokenizer) of the toy CLIP, with the same interface as open_clip's ViT-B models."""
+def toy_clip(folder: str | Path = WEIGHTS_DIR) -> ClipModel:
+    """The toy CLIP, with the same interface as open_clip's ViT-B models."""
     folder = Path(folder)
     if not all((folder / name).is_file() for name in CLIP_FILES):
         raise FileNotFoundError(
@@ -265,7 +266,7 @@ def toy_clip(folder: str | Path = WEIGHTS_DIR) -> tuple[CLIP, object, SimpleToke
     model = build_clip()
     state = expand_state(load_file(folder / "clip.safetensors"), CLIP_EMBEDDING_KEY, CLIP_VOCAB_SIZE)
     model.load_state_dict(state)
-    return model.eval(), clip_preprocess(), clip_text_tokenizer()
+    return ClipModel(model.eval(), clip_preprocess(), clip_text_tokenizer(), "toyworld-clip")
 
 
 def all_toy_captions() -> list[str]:
