@@ -1,5 +1,6 @@
 """fidelity_lib.components maps each profile to its components, and says what to download when one is missing."""
 
+import huggingface_hub
 import pytest
 
 from fidelity_lib.clip import ClipModel, openai_checkpoint
@@ -23,7 +24,7 @@ def test_the_two_papers_clips_are_two_architectures():
 
 
 def test_paper_clips_are_never_downloaded_and_the_error_says_which_to_fetch(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
     with pytest.raises(WeightsNotFoundError, match="vit_base_patch32_clip_224.openai"):
         load_loss_clip("paper")
     with pytest.raises(WeightsNotFoundError, match="vit_base_patch16_clip_224.openai"):

@@ -1,0 +1,99 @@
+"""The paper path at Stable Diffusion v1.4's real structure, with random tiny-channel weights.
+
+A folder laid out as ``CompVis/stable-diffusion-v1-4`` (4-level UNet on a 64x64 latent, 4-level VAE, a 77-token CLIP
+text encoder, tokenizer files, a PNDM scheduler config), once with and once without the optional components, loads
+through ``load_pipeline("paper", weights=folder)`` and makes 512x512 images with sd, ae and st. ST's CLIP ViT-B/32 is a
+random-weight file in a temporary Hugging Face cache, found the way the real one is.
+"""
+
+import json
+
+import huggingface_hub
+import numpy as np
+import open_clip
+import pytest
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+
+from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite
+from fidelity_lib.clip import OPENAI_FILES, OPENAI_HF_REPOS
+from fidelity_lib.components import load_loss_clip, load_pipeline
+from fidelity_lib.layout.predictor import ObjectPlacement
+from fidelity_lib.models import CLIP_VOCAB_SIZE, clip_tokenizer, pndm_scheduler
+from fidelity_lib.spacetime import PAPER_CLIP_ARCH, SpaceTimeConfig, spacetime_generate
+
+pytestmark = pytest.mark.slow
+PROMPT = "a cat to the left of a dog"
+
+
+def sd14_structure_pipeline() -> StableDiffusionPipeline:
+    """SD v1.4's block layout (3 cross-attention levels + 1 plain, 64x64 latent, x8 VAE) with 32 channels everywhere."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, block_out_channels=(32, 32, 32, 32), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4, sample_size=512,
+    )
+    text = CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text), tokenizer=clip_tokenizer(), unet=unet, scheduler=pndm_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def sd14_folders(tmp_path_factory):
+    """The same weights twice: with the optional feature_extractor/ saved, and with only the components the book loads."""
+    pipe = sd14_structure_pipeline()
+    folders = {}
+    for variant in ("with_optional", "only_needed"):
+        folder = tmp_path_factory.mktemp(variant)
+        pipe.register_modules(feature_extractor=CLIPImageProcessor() if variant == "with_optional" else None)
+        pipe.save_pretrained(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]  # listed as in v1.4, never saved
+        if variant == "only_needed":
+            index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+        (folder / "model_index.json").write_text(json.dumps(index))
+        folders[variant] = folder
+    assert (folders["with_optional"] / "feature_extractor").is_dir() and not (folders["only_needed"] / "feature_extractor").exists()
+    return folders
+
+
+@pytest.fixture
+def random_clip_cache(tmp_path, monkeypatch):
+    """A random ViT-B/32 open_clip file where the Hugging Face cache keeps the OpenAI one."""
+    repo = OPENAI_HF_REPOS[PAPER_CLIP_ARCH]
+    snapshot = tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(0)
+    model = open_clip.create_model(PAPER_CLIP_ARCH, pretrained=None, force_quick_gelu=True)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, snapshot / OPENAI_FILES[0])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read at import: patch it
+    return snapshot / OPENAI_FILES[0]
+
+
+@pytest.mark.parametrize("variant", ["with_optional", "only_needed"])
+def test_an_sd14_structure_folder_makes_512_images_with_sd_ae_and_st(variant, sd14_folders, random_clip_cache):
+    pipe = load_pipeline("paper", weights=sd14_folders[variant], device="cpu")
+    assert pipe.profile == "paper" and pipe.weights_id == str(sd14_folders[variant]) and pipe.vae_scale_factor == 8
+    assert (pipe.feature_extractor is None) and pipe.safety_checker is None  # optional parts are never loaded
+    generator = torch.Generator("cpu").manual_seed(0)
+    sd = pipe(PROMPT, num_inference_steps=2, generator=generator, output_type="np").images[0]
+    assert sd.shape == (512, 512, 3)
+    ae = attend_and_excite(pipe, PROMPT, (2, 7), seed=0, config=AttendExciteConfig(max_iter_to_alter=2, thresholds={}), num_inference_steps=2)
+    assert ae.image.size == (512, 512) and len(ae.losses) == 2 and np.isfinite(ae.losses).all()
+    clip = load_loss_clip("paper")
+    assert str(random_clip_cache) in clip.name
+    layout = [ObjectPlacement("cat", "a cat", 0.3, 0.5), ObjectPlacement("dog", "a dog", 0.7, 0.5)]
+    st = spacetime_generate(pipe, PROMPT, layout, seed=0, config=SpaceTimeConfig(num_inference_steps=2, passes=2), clip_model=clip)
+    assert st.image.size == (512, 512) and len(st.losses) == 2 and np.isfinite(st.losses).all()
+    assert not np.allclose(st.weights[1], st.weights[0])  # the CLIP loss reached the weights through the 512 decoder
