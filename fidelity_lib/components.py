@@ -25,11 +25,15 @@ from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
 from fidelity_lib.metrics.blip_similarity import Captioner, paper_blip, tiny_blip
 from fidelity_lib.metrics.clip_score import CLIP_ARCH as METRIC_CLIP_ARCH
 from fidelity_lib.metrics.detection import paper_detector, tiny_detector
+from fidelity_lib.metrics.lavis import LavisCaptioner
 from fidelity_lib.models import PROFILES, default_device, paper_pipeline, tiny_pipeline
 from fidelity_lib.spacetime import PAPER_CLIP_ARCH as LOSS_CLIP_ARCH
 from fidelity_lib.toyworld.captioner import toy_blip
 from fidelity_lib.toyworld.detector import ToyDetector
 from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_available
+
+
+CAPTIONERS = ("blip", "lavis")  # transformers BLIP (the default), or LAVIS itself in its own environment
 
 
 def resolve_profile(profile: str) -> str:
@@ -86,9 +90,24 @@ def load_metric_clip(profile: str = "smoke", weights: str | os.PathLike | None =
     return tiny_clip()
 
 
-def load_captioner(profile: str = "smoke", weights: str | os.PathLike | None = None, device=None) -> Captioner:
-    """paper: BLIP base from a local folder or the HF cache; toy: the toy world's trained BLIP; tiny: a random BLIP."""
+def load_captioner(
+    profile: str = "smoke", weights: str | os.PathLike | None = None, device=None, captioner: str = "blip"
+) -> Captioner:
+    """paper: BLIP base from a local folder or the HF cache; toy: the toy world's trained BLIP; tiny: a random BLIP.
+
+    ``captioner="lavis"`` (paper profile only) is A&E's own LAVIS ``blip_caption``/``base_coco``, run by a worker in
+    ``.venv-lavis`` (``make lavis``), which reads its checkpoint from LAVIS's cache, not from ``weights``.
+    """
+    if captioner not in CAPTIONERS:
+        raise ValueError(f"Unknown captioner {captioner!r}: choose one of {', '.join(CAPTIONERS)}.")
     resolved = resolve_profile(profile)
+    if captioner == "lavis":
+        if resolved != "paper" or weights is not None:
+            raise ValueError(
+                f"The LAVIS captioner is the paper's model and reads its own checkpoint cache: use it with profile "
+                f"'paper' and no BLIP weights (got profile {profile!r} -> {resolved}, weights {weights!r})."
+            )
+        return LavisCaptioner(device=None if device is None else str(device))
     if resolved == "paper":
         return paper_blip(weights, device)
     if resolved == "toy":

@@ -25,6 +25,10 @@
 #   relations, box-centre rules); relation accuracy as in the original scripts (only relations whose two objects were
 #   found) and unconditionally (a missing object counts as wrong).
 #
+# The BLIP captioner is transformers' `Salesforce/blip-image-captioning-base` unless `-p captioner lavis` (paper
+# profile) asks for A&E's own LAVIS `blip_caption`/`base_coco`, which runs in its own environment (`make lavis`). The
+# two are close but not bit-identical: compare methods under one captioner, which every output names.
+#
 # Each table cell is the metric with a 95% bootstrap confidence interval over prompts. The per-method JSON files with
 # the original scripts' names and keys go to `reports/metrics/<dataset>/<method>/`.
 #
@@ -45,6 +49,7 @@ steps = None  # denoising steps for those images; None: 4 (tiny), 25 (toy), 50 (
 weights = None  # the generator's SD weights (paper profile)
 clip_weights = None  # paper: folder or file with open_clip ViT-B-16 OpenAI weights (None: the HF cache)
 blip_weights = None  # paper: a Salesforce/blip-image-captioning-base folder (None: the HF cache)
+captioner = "blip"  # "blip": transformers BLIP; "lavis" (paper): A&E's own LAVIS base_coco (make lavis)
 detector_weights = None  # paper: a transformers COCO detector folder (None: PekingU/rtdetr_r101vd_coco_o365, HF cache)
 original_counting = False  # True: the original scripts' counting (see fidelity_lib.metrics docstrings)
 n_boot = 2000
@@ -55,7 +60,7 @@ from fidelity_lib.book import check_parameters
 check_parameters(
     globals(), dataset=(str, list), methods=(list, str), profile=str, reports_dir=str, images_dir=(str, None),
     seeds=(str, int, None), limit=int, steps=(int, None), weights=(str, None), clip_weights=(str, None),
-    blip_weights=(str, None), detector_weights=(str, None), original_counting=bool, n_boot=int,
+    blip_weights=(str, None), captioner=str, detector_weights=(str, None), original_counting=bool, n_boot=int,
 )
 
 # %%
@@ -105,16 +110,16 @@ for set_name in sets.values():
 
 # %%
 scorer = ClipScorer(load_metric_clip(profile, clip_weights))
-captioner = load_captioner(profile, blip_weights)
+caption_model = load_captioner(profile, blip_weights, captioner=captioner)
 detected = [name for name in sets.values() if "object_accuracy" in metrics_for(name)]
 detector = load_detector(profile, detector_weights) if detected else None
 frames = {
-    set_name: score_set(images, set_name, methods, scorer, captioner, detector, reports / "metrics" / set_name, original_counting)
+    set_name: score_set(images, set_name, methods, scorer, caption_model, detector, reports / "metrics" / set_name, original_counting)
     for set_name in sets.values()
 }
 unreadable = pd.concat(f for by_family in frames.values() for f in by_family.values())
 unreadable = unreadable[unreadable["error"].notna()][["path", "error"]].drop_duplicates()
-print(f"CLIP {scorer.name}; captioner {captioner.name}; detector {detector.name if detector else 'not used'}")
+print(f"CLIP {scorer.name}; captioner {caption_model.name}; detector {detector.name if detector else 'not used'}")
 print(f"{len(unreadable)} unreadable image(s), reported and left out of the means")
 unreadable
 
@@ -129,7 +134,7 @@ for name, set_name in sets.items():
     provenance = manifest_provenance(  # weights and seeds: those of the set's images in the manifest
         images, set_name, methods, profile=resolved,
         detector=detector.name if "detection" in frames[set_name] else "not used",
-        notes=f"requested profile {profile}; set {set_name}{shown}; CLIP {scorer.name}; captioner {captioner.name}; counting "
+        notes=f"requested profile {profile}; set {set_name}{shown}; CLIP {scorer.name}; captioner {caption_model.name}; counting "
         f"{'original' if original_counting else 'fixed'}; 95% bootstrap CIs over prompts ({n_boot} resamples)",
     )
     save_table(wide_table(table), set_name, provenance, reports, title=f"{set_name}{shown}: method x metric")

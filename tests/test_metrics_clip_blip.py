@@ -10,7 +10,7 @@ from PIL import Image
 from fidelity_lib.clip import tiny_clip
 from fidelity_lib.components import load_captioner, load_detector, load_metric_clip
 from fidelity_lib.datasets import UnknownPromptSetError, load_prompt_set, prompt_folder_name
-from fidelity_lib.metrics import ClipScorer, LavisCaptioner, NoImagesError, UnknownMethodError, UnknownPromptFolderError, blip_similarity, clip_score, split_prompt, template_texts, tiny_blip
+from fidelity_lib.metrics import ClipScorer, NoImagesError, UnknownMethodError, UnknownPromptFolderError, blip_similarity, clip_score, split_prompt, template_texts, tiny_blip
 from fidelity_lib.metrics.clip_score import IMAGENET_TEMPLATES, encode_text
 from fidelity_lib.models import WeightsNotFoundError
 
@@ -162,13 +162,3 @@ def test_paper_profile_never_downloads_and_says_what_to_fetch(tmp_path, monkeypa
         load_captioner("paper", weights=tmp_path / "nothing")
     with pytest.raises(WeightsNotFoundError, match="huggingface-cli download PekingU/rtdetr"):
         load_detector("paper", weights=tmp_path / "nothing")
-
-
-def test_lavis_adapter_explains_its_separate_environment():
-    try:
-        import lavis  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="needs its own environment"):
-            LavisCaptioner()
-    else:
-        pytest.skip("LAVIS is installed here")

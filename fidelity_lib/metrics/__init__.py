@@ -5,7 +5,7 @@ per-method aggregates with the original scripts' keys, and the JSON files it wro
 """
 
 from fidelity_lib.detections import Detection, Detector, relation_holds
-from fidelity_lib.metrics.blip_similarity import BlipCaptioner, Captioner, LavisCaptioner, blip_similarity, paper_blip, tiny_blip
+from fidelity_lib.metrics.blip_similarity import BlipCaptioner, Captioner, blip_similarity, paper_blip, tiny_blip
 from fidelity_lib.metrics.clip_score import ClipScorer, clip_score, split_prompt, template_texts
 from fidelity_lib.metrics.detection import (
     OBJECT_THRESHOLD,
@@ -28,6 +28,7 @@ from fidelity_lib.metrics.images import (
     collect_images,
     open_image,
 )
+from fidelity_lib.metrics.lavis import LavisCaptioner
 from fidelity_lib.metrics.summary import bootstrap_ratio, metric_figure, metric_table, metrics_for, wide_table
 
 __all__ = [

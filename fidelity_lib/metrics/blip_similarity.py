@@ -3,7 +3,8 @@
 Each image gets one BLIP caption (beam 3, 10-30 tokens, "a picture of " prompt stripped, as LAVIS ``base_coco``);
 similarity = CLIP(caption, one plain encoding) . CLIP(prompt, 80-template ensemble). Aggregates: the mean and the
 population std over all images. The default captioner is transformers' ``BlipForConditionalGeneration``
-(``Salesforce/blip-image-captioning-base``, close to but not bit-identical with LAVIS ``base_coco``).
+(``Salesforce/blip-image-captioning-base``, close to but not bit-identical with LAVIS ``base_coco``); the original,
+LAVIS itself, runs in its own environment behind the same Captioner interface (``fidelity_lib.metrics.lavis``).
 """
 
 from __future__ import annotations
@@ -62,31 +63,6 @@ class BlipCaptioner:
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         output = self.model.generate(**inputs, **self.generation)
         return [strip_prompt(text) for text in self.processor.batch_decode(output, skip_special_tokens=True)]
-
-
-class LavisCaptioner:
-    """The original LAVIS ``blip_caption``/``base_coco`` model; LAVIS only installs in its own environment."""
-
-    def __init__(self, device=None):
-        try:
-            from lavis.models import load_model_and_preprocess
-        except ImportError as error:
-            raise ImportError(
-                "LAVIS (pip install salesforce-lavis) is not installed here and cannot be: it pins transformers<4.27 and "
-                "timm==0.4.12, which break diffusers: LAVIS needs its own environment. Run the captioner there, "
-                "or use the default BlipCaptioner (transformers)."
-            ) from error
-        self.device = torch.device(device) if device is not None else default_device()
-        self.model, self.vis_processors, _ = load_model_and_preprocess(
-            name="blip_caption", model_type="base_coco", is_eval=True, device=self.device
-        )
-        self.name = "lavis blip_caption base_coco"
-
-    @torch.no_grad()
-    def caption(self, images: list[Image.Image]) -> list[str]:
-        """One caption per image with LAVIS' own defaults (beam 3, length 10-30)."""
-        pixels = torch.stack([self.vis_processors["eval"](image) for image in images]).to(self.device)
-        return self.model.generate({"image": pixels})
 
 
 def _tiny_vocab() -> Path:
