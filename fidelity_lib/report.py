@@ -34,8 +34,11 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-PROFILE_LABELS = {"paper": "", "toy": " (toy world: not Stable Diffusion results)"}
-TINY_LABEL = " (random tiny models: plumbing only, not Stable Diffusion results)"
+PROFILE_LABELS = {  # every profile that runs, with what its numbers are not
+    "paper": "",
+    "toy": " (toy world: not Stable Diffusion results)",
+    "tiny": " (random tiny models: plumbing only, not Stable Diffusion results)",
+}
 
 
 def ran_profile(profile: str) -> str:
@@ -56,7 +59,7 @@ class Provenance:
     commit: str = field(default_factory=git_commit)
 
     def __post_init__(self):
-        unknown = [part for part in self.profile.split("; ") if part not in PROFILE_LABELS and part != "tiny"]
+        unknown = [part for part in self.profile.split("; ") if part not in PROFILE_LABELS]
         if unknown:
             raise ValueError(
                 f"Provenance.profile is the profile that ran (paper, toy or tiny; '; ' joins those of a combined "
@@ -87,7 +90,7 @@ class Provenance:
         commit (the provenance record beside the artefact keeps them), so that a rerun with the same content writes the
         same bytes."""
         resolved = set(self.profile.split("; "))  # "a; b" joins the sources of a combined artefact
-        smoke = PROFILE_LABELS.get(resolved.pop(), TINY_LABEL) if len(resolved) == 1 else " (mixed profiles: not Stable Diffusion results)"
+        smoke = PROFILE_LABELS[resolved.pop()] if len(resolved) == 1 else " (mixed profiles: not Stable Diffusion results)"
         parts = [f"profile {self.profile}{smoke}", f"weights {self.weights}", f"seeds {self.seeds}", f"detector {self.detector}"]
         parts += [f"{self.date}", f"commit {self.commit}"] if run else []
         return "Provenance: " + "; ".join(parts) + (f". {self.notes}" if self.notes else "")
