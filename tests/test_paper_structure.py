@@ -7,6 +7,7 @@ random-weight file in a temporary Hugging Face cache, found the way the real one
 """
 
 import json
+import shutil
 
 import huggingface_hub
 import numpy as np
@@ -66,19 +67,28 @@ def sd14_folders(tmp_path_factory):
     return folders
 
 
-@pytest.fixture
-def random_clip_cache(tmp_path, monkeypatch):
-    """A random ViT-B/32 open_clip file where the Hugging Face cache keeps the OpenAI one."""
+@pytest.fixture(scope="module")
+def random_clip_cache(tmp_path_factory):
+    """A random ViT-B/32 open_clip file where the Hugging Face cache keeps the OpenAI one.
+
+    Saved once per module in fp16 (open_clip loads it into fp32 parameters) and deleted afterwards: the fp32 file is
+    600 MB, and two of them filled a CI runner's disk.
+    """
+    hub = tmp_path_factory.mktemp("hf") / "hub"
     repo = OPENAI_HF_REPOS[PAPER_CLIP_ARCH]
-    snapshot = tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot = hub / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     torch.manual_seed(0)
     model = open_clip.create_model(PAPER_CLIP_ARCH, pretrained=None, force_quick_gelu=True)
-    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, snapshot / OPENAI_FILES[0])
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read at import: patch it
-    return snapshot / OPENAI_FILES[0]
+    checkpoint = snapshot / OPENAI_FILES[0]
+    save_file({key: value.half().contiguous() for key, value in model.state_dict().items()}, checkpoint)
+    del model
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))  # read at import: patch it
+        yield checkpoint
+    shutil.rmtree(hub.parent)
 
 
 @pytest.mark.parametrize("variant", ["with_optional", "only_needed"])
