@@ -1,16 +1,18 @@
-"""Attend-and-Excite (Chefer et al., SIGGRAPH 2023) on a diffusers Stable Diffusion pipeline.
+"""Attend-and-Excite (Chefer et al., SIGGRAPH 2023) on a diffusers Stable Diffusion pipeline (SD 1.x, 2.x, SDXL).
 
 The loop follows the official code (``yuval-alaluf/Attend-and-Excite``, ``docs/official_attend_and_excite.md``) step by
 step, with two savings that do not change the image: no grad-enabled forward once no step can change the latent,
 and no unused forwards in the iterative refinement (each latent goes through the UNet once). The A&E forward also
-stops right after the last cross-attention layer it reads, since nothing after it reaches the loss.
+stops right after the last cross-attention layer it reads, since nothing after it reaches the loss. SD 2.x and SDXL
+run the same loop (``fidelity_lib.conditioning``): subject indices count the first tokenizer's BPE tokens, which
+SDXL's two encoders share position by position; ``docs/models.md`` gives the per-model settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import PIL.Image
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
+from fidelity_lib.conditioning import Conditioning, decode_latents, default_size, encode_prompts, model_family
 from fidelity_lib.prompts import (
     check_prompt,
     check_prompt_length,
@@ -25,7 +28,6 @@ from fidelity_lib.prompts import (
     eot_index,
     prompt_tokens,
     subject_token_indices,
-    uses_sd2_tokenizer,
 )
 from fidelity_lib.attention import (
     AttentionStore,
@@ -51,10 +53,12 @@ class AttendExciteConfig:
     smooth_attentions: bool = True  # config.py RunConfig.smooth_attentions
     kernel_size: int = 3  # config.py RunConfig.kernel_size
     sigma: float = 0.5  # config.py RunConfig.sigma (utils/gaussian_smoothing.py's formula: effective sigma sqrt(2)*0.5)
-    attention_res: int | tuple[int, int] = 16  # config.py RunConfig.attention_res: int = side at the UNet's default
-    # size (scaled with the image size, same UNet depth); (h, w) = exact grid at the requested size
+    attention_res: int | tuple[int, int] | None = None  # config.py RunConfig.attention_res = 16 on SD 1.x; int = side
+    # at the UNet's default size (scaled with the image size, same UNet depth); (h, w) = exact grid at the requested
+    # size; None = the model's: 16 on SD 1.x and 2.x-base, 24 on 768-v, 32 on SDXL (ModelFamily.ae_attention_res)
     max_refinement_steps: int = 20  # pipeline_attend_and_excite.py L277 (default argument of the refinement)
-    normalize_eot: bool | None = None  # run.py / pipeline L527 `sd_2_1` (False); None = auto: True for SD 2.x tokenizers
+    normalize_eot: bool | None = None  # run.py / pipeline L527 `sd_2_1` (False); None = the model's
+    # (ModelFamily.normalize_eot): True for SD 2.x and SDXL, whose (second) tokenizer pads with "!"
 
     def step_sizes(self, num_timesteps: int) -> np.ndarray:
         """alpha_i = scale_factor * sqrt(linspace(scale_range, num_timesteps)) (pipeline_attend_and_excite.py L500)."""
@@ -136,6 +140,8 @@ def attend_excite_loss(max_attention: torch.Tensor) -> torch.Tensor:
 
 def attention_layers(pipe: StableDiffusionPipeline, height: int, width: int, attention_res) -> list[CrossAttentionLayer]:
     """The cross-attention layers A&E reads for an image size (see AttendExciteConfig.attention_res)."""
+    if attention_res is None:
+        attention_res = model_family(pipe).ae_attention_res
     scale = pipe.vae_scale_factor
     latent_size = (height // scale, width // scale)
     layers = cross_attention_layers(pipe.unet, latent_size)
@@ -187,7 +193,7 @@ class AttendExciteGuidance:
     def __init__(
         self,
         pipe: StableDiffusionPipeline,
-        prompt_embeds: torch.Tensor,
+        conditioning: Conditioning,
         token_indices: list[tuple[int, ...]],
         ends: list[int | None],
         config: AttendExciteConfig,
@@ -195,14 +201,14 @@ class AttendExciteGuidance:
         height: int,
         width: int,
     ) -> None:
-        if not len(prompt_embeds) == len(token_indices) == len(ends):
-            raise ValueError(f"{len(prompt_embeds)} embeddings, {len(token_indices)} index tuples and {len(ends)} ends.")
+        if not len(conditioning.embeds) == len(token_indices) == len(ends):
+            raise ValueError(f"{len(conditioning.embeds)} embeddings, {len(token_indices)} index tuples and {len(ends)} ends.")
         self.pipe, self.config = pipe, config
-        self.prompt_embeds, self.token_indices, self.ends = prompt_embeds, token_indices, ends
+        self.conditioning, self.token_indices, self.ends = conditioning, token_indices, ends
         self.layers = attention_layers(pipe, height, width, config.attention_res)
         self.store = AttentionStore(keep_graph=True, stop_after=[layer.name for layer in self.layers])
         self.store.active = False
-        device = prompt_embeds.device
+        device = conditioning.embeds.device
         self.kernel = gaussian_kernel(config.kernel_size, config.sigma).to(device) if config.smooth_attentions else None
         self.step_sizes = config.step_sizes(num_timesteps)
 
@@ -215,7 +221,8 @@ class AttendExciteGuidance:
         self.store.begin_forward(step)
         self.store.active = True
         try:
-            self.pipe.unet(latents, t, encoder_hidden_states=self.prompt_embeds[rows])
+            model_input = self.pipe.scheduler.scale_model_input(latents, t)  # PNDM: the identity, as in the official loop
+            self.pipe.unet(model_input, t, **self.conditioning.rows(rows).unet_kwargs())
         except ForwardComplete:  # the rest of the UNet does not reach the loss
             pass
         finally:
@@ -290,8 +297,24 @@ class AttendExciteGuidance:
         )
 
 
+def model_config(pipe: StableDiffusionPipeline, config: AttendExciteConfig) -> AttendExciteConfig:
+    """``config`` with the model's attention_res and normalize_eot where it leaves them None: what a run records."""
+    family = model_family(pipe)
+    return replace(
+        config,
+        attention_res=family.ae_attention_res if config.attention_res is None else config.attention_res,
+        normalize_eot=family.normalize_eot if config.normalize_eot is None else config.normalize_eot,
+    )
+
+
+def eot_ends(pipe: StableDiffusionPipeline, prompts: Sequence[str], config: AttendExciteConfig) -> list[int | None]:
+    """Per prompt, the <eot> position where A&E's softmax stops (config.normalize_eot, else the model's), else None."""
+    normalize = config.normalize_eot if config.normalize_eot is not None else model_family(pipe).normalize_eot
+    return [eot_index(pipe.tokenizer, prompt) if normalize else None for prompt in prompts]
+
+
 def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> np.ndarray:
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    images = decode_latents(pipe, latents)
     return pipe.image_processor.postprocess(images, output_type="np", do_denormalize=[True] * len(images))
 
 
@@ -334,29 +357,27 @@ def attend_and_excite_batch(
         raise ValueError(f"Give one token-index tuple (or None) per prompt: {len(prompts)} prompts, {len(token_indices)} tuples.")
     tokenizer = pipe.tokenizer
     subjects = [_prompt_subjects(tokenizer, prompt, indices) for prompt, indices in zip(prompts, token_indices)]
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = height or default_size(pipe)[0], width or default_size(pipe)[1]
     check_image_size(height, width)
-    normalize_eot = config.normalize_eot if config.normalize_eot is not None else uses_sd2_tokenizer(tokenizer)
     device = pipe._execution_device
     do_cfg = guidance_scale > 1.0
     batch = len(prompts)
 
     # 1. Encode the prompts (the A&E forward uses the conditional embeddings alone)
-    prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(prompts, device, 1, do_cfg)
-    cfg_embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+    conditioning, unconditional = encode_prompts(pipe, prompts, device, do_cfg, height, width)
+    cfg_conditioning = unconditional.cat(conditioning) if do_cfg else conditioning
 
     # 2. Timesteps, initial noise (one CPU generator per image, as the pipeline with a list of generators)
     pipe.scheduler.set_timesteps(num_inference_steps, device=device)
     timesteps = pipe.scheduler.timesteps
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-    latents = pipe.prepare_latents(batch, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generators)
+    latents = pipe.prepare_latents(batch, pipe.unet.config.in_channels, height, width, conditioning.embeds.dtype, device, generators)
     extra_step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
 
     # 3. Denoising loop: the A&E update on the guided steps, then the usual CFG step
-    ends = [eot_index(tokenizer, prompt) if normalize_eot else None for prompt in prompts]
+    ends = eot_ends(pipe, prompts, config)
     guidance = AttendExciteGuidance(
-        pipe, prompt_embeds, [indices for indices, _ in subjects], ends, config, len(timesteps), height, width
+        pipe, conditioning, [indices for indices, _ in subjects], ends, config, len(timesteps), height, width
     )
     guided_steps, history = [], []
     with attention_hook(pipe.unet, guidance.layers, guidance.store):
@@ -370,7 +391,7 @@ def attend_and_excite_batch(
                 step_callback(i, t, latents)
             latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
             latent_model_input = pipe.scheduler.scale_model_input(latent_model_input, t)
-            noise_pred = pipe.unet(latent_model_input, t, encoder_hidden_states=cfg_embeds).sample
+            noise_pred = pipe.unet(latent_model_input, t, **cfg_conditioning.unet_kwargs()).sample
             if do_cfg:
                 noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                 noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)

@@ -20,6 +20,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from fidelity_lib.attention import AttentionStore, CrossAttentionLayer, attention_hook, cross_attention_layers
+from fidelity_lib.conditioning import encode_prompts
 
 
 @dataclass
@@ -59,17 +60,17 @@ def step_attention(
 ) -> list[StepMaps]:
     """Cross-attention maps of every layer at each recorded step; ``branches="both"`` gives the raw (uncond+cond) mean."""
     device = pipe._execution_device
-    prompt_embeds, negative_embeds = pipe.encode_prompt(prompt, device, 1, True)
-    embeds = torch.cat([negative_embeds, prompt_embeds])
     results = []
     for step, (timestep, latents) in sorted(recorded.items()):
         latents = latents.to(device)
+        size = tuple(side * pipe.vae_scale_factor for side in latents.shape[-2:])
+        conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, *size)
         layers = cross_attention_layers(pipe.unet, tuple(latents.shape[-2:]))
         store = AttentionStore(branches=branches, mean_heads=True, device="cpu")
         with attention_hook(pipe.unet, layers, store):
             store.begin_forward(step, (False, True))
             latent_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), timestep.to(device))
-            pipe.unet(latent_input, timestep.to(device), encoder_hidden_states=embeds)
+            pipe.unet(latent_input, timestep.to(device), **unconditional.cat(conditioning).unet_kwargs())
         maps = {name: layer_maps.mean(dim=0)[0] for name, layer_maps in store.maps.items()}  # rows, then the head slot
         results.append(StepMaps(step, maps, dict(store.layers)))
     return results

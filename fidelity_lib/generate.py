@@ -41,7 +41,7 @@ from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from diffusers import StableDiffusionPipeline
 from tqdm import tqdm
 
-from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch
+from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch, model_config
 from fidelity_lib.clip import ClipModel
 from fidelity_lib.components import load_pipeline, shared_loss_clip, shipped_layout_predictor, shipped_layouts
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
@@ -152,7 +152,7 @@ def generate_ae(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, 
 
 def generate_ae_batch(pipe: StableDiffusionPipeline, items: Sequence[tuple[PromptRecord, int]], options: GenerationOptions) -> list[Generated]:
     """A&E for several (prompt, seed) items in one batch; subjects from the options, the prompt set or the nouns."""
-    config = options.ae_config
+    config = model_config(pipe, options.ae_config)  # the manifest records the resolution and normalisation that ran
     results = attend_and_excite_batch(
         pipe,
         [record.prompt for record, _ in items],
@@ -175,7 +175,7 @@ def _generate_spacetime(pipe, record: PromptRecord, seed: int, options: Generati
     layout = (options.layouts or {}).get(record.prompt)
     config = replace(
         options.st_config or SpaceTimeConfig(), num_inference_steps=options.steps, guidance_scale=options.guidance_scale,
-        attend_excite=options.ae_config,
+        attend_excite=model_config(pipe, options.ae_config),
     )
     indices = options.token_indices or record.subject_token_indices or None
     result = spacetime_generate(

@@ -4,25 +4,30 @@ The profiles (``fidelity_lib.components`` maps each to its components):
 - ``tiny``: random-weight SD-architecture components, built from configs (unit tests).
 - ``toy``: the toy world trained on coloured shapes (``fidelity_lib.toyworld``), shipped in ``data/toyworld/``.
 - ``smoke``: the book's CPU default: ``toy`` when its weights are present, otherwise ``tiny``.
-- ``paper``: Stable Diffusion v1.4 (or 2.1-base) from a local folder or the local Hugging Face cache.
+- ``paper``: Stable Diffusion v1.4 by default, or any SD 1.x, 2.x or SDXL folder or cached repo, recognised by its
+  ``model_index.json`` (``docs/models.md``).
 """
 
 from __future__ import annotations
 
 import gzip
+import inspect
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from fidelity_lib.conditioning import FAMILIES, model_family
+
 PROFILES = ("smoke", "tiny", "toy", "paper")
-SD14_REPO_ID = "CompVis/stable-diffusion-v1-4"
-SD21_BASE_REPO_ID = "stabilityai/stable-diffusion-2-1-base"
-PAPER_REPO_IDS = (SD14_REPO_ID, SD21_BASE_REPO_ID)
+SD14_REPO_ID = FAMILIES["sd1"].repo_id
+PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
 CLIP_VOCAB_SIZE = 49408  # 2 x 256 byte symbols + 48,894 BPE merges + <sot> + <eot>, as in SD's CLIP tokenizer
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
 
@@ -157,8 +162,9 @@ def _missing_weights_message(repo_id: str, weights: str | os.PathLike | None, re
         f"This book never downloads weights itself. Download them once, on a machine with internet access:\n"
         f"    huggingface-cli download {repo_id} --local-dir ~/weights/{repo_id.split('/')[-1]}\n"
         f"then run with weights=~/weights/{repo_id.split('/')[-1]} (a folder holding model_index.json, unet/, vae/,\n"
-        f"text_encoder/, tokenizer/, scheduler/), or drop --local-dir to fill the Hugging Face cache\n"
-        f"(HF_HOME, default ~/.cache/huggingface) and pass weights='{repo_id}'."
+        f"text_encoder/, tokenizer/, scheduler/, and for SDXL text_encoder_2/, tokenizer_2/), or drop --local-dir to\n"
+        f"fill the Hugging Face cache (HF_HOME, default ~/.cache/huggingface) and pass weights='{repo_id}'.\n"
+        f"Other models: {', '.join(family.repo_id for family in FAMILIES.values())}."
     )
 
 
@@ -179,33 +185,57 @@ def _missing_components(folder: Path) -> list[str]:
     ]
 
 
-def paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> StableDiffusionPipeline:
-    """SD v1.4 (or 2.1-base) from a folder or a repo id in the local cache, never downloaded, with the PNDM scheduler."""
-    repo_id = SD14_REPO_ID
-    source: str | os.PathLike = repo_id
-    if weights is not None and str(weights) in PAPER_REPO_IDS:
-        repo_id = source = str(weights)
-    elif weights is not None:
-        folder = Path(weights).expanduser()
-        if not (folder / "model_index.json").is_file():
-            raise WeightsNotFoundError(_missing_weights_message(repo_id, folder, "no model_index.json there"))
-        missing = _missing_components(folder)
-        if missing:
-            reason = f"the folder is incomplete, it lacks {', '.join(missing)}"
-            raise WeightsNotFoundError(_missing_weights_message(repo_id, folder, reason))
-        source = folder
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source,
-            dtype=dtype,
-            **{name: None for name in OPTIONAL_COMPONENTS},  # not loaded, so a folder may lack them
-            requires_safety_checker=False,
-            local_files_only=True,
+class UnsupportedModelError(ValueError):
+    """The weights are a diffusers pipeline of a kind the methods do not run on."""
+
+
+def _is_repo_id(weights: str | os.PathLike) -> bool:
+    return isinstance(weights, str) and not Path(weights).expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", weights) is not None
+
+
+def _model_index(weights: str | os.PathLike | None) -> tuple[str | Path, str, dict]:
+    """(what from_pretrained loads, the repo id the error messages name, the parsed model_index.json)."""
+    if weights is None or _is_repo_id(weights):
+        repo_id = SD14_REPO_ID if weights is None else str(weights)
+        index_file = try_to_load_from_cache(repo_id, "model_index.json")
+        if not isinstance(index_file, str):
+            raise WeightsNotFoundError(_missing_weights_message(repo_id, None, "no model_index.json for it in the cache"))
+        return repo_id, repo_id, json.loads(Path(index_file).read_text())
+    folder = Path(weights).expanduser()
+    if not (folder / "model_index.json").is_file():
+        raise WeightsNotFoundError(_missing_weights_message(SD14_REPO_ID, folder, "no model_index.json there"))
+    missing = _missing_components(folder)
+    index = json.loads((folder / "model_index.json").read_text()) if not missing else {}
+    if missing:
+        reason = f"the folder is incomplete, it lacks {', '.join(missing)}"
+        raise WeightsNotFoundError(_missing_weights_message(SD14_REPO_ID, folder, reason))
+    return folder, SD14_REPO_ID, index
+
+
+def paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """SD 1.x, 2.x or SDXL, by its model_index.json, from a folder or a repo id in the local cache; never downloaded.
+
+    Every family samples with PLMS (the PNDM scheduler with the folder's betas and prediction type), both papers'
+    sampler; ``weights_id`` names the source and the family.
+    """
+    source, repo_id, index = _model_index(weights)
+    pipeline_class = PIPELINE_CLASSES.get(index.get("_class_name"))
+    if pipeline_class is None:
+        raise UnsupportedModelError(
+            f"{source} is a {index.get('_class_name')!r}; the methods run on {', '.join(PIPELINE_CLASSES)} "
+            f"(Stable Diffusion 1.x, 2.x and SDXL base). Point weights= at one of those."
         )
+    if isinstance(source, Path) and pipeline_class is StableDiffusionXLPipeline:
+        repo_id = FAMILIES["sdxl"].repo_id  # what the error messages tell the user to download
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    options = {name: None for name in OPTIONAL_COMPONENTS if name in parameters}  # not loaded: a folder may lack them
+    options.update({"requires_safety_checker": False} if "requires_safety_checker" in parameters else {"add_watermarker": False})
+    try:
+        pipe = pipeline_class.from_pretrained(source, dtype=dtype, local_files_only=True, **options)
     except (OSError, EnvironmentError, ValueError) as error:
         raise WeightsNotFoundError(_missing_weights_message(repo_id, weights, f"{type(error).__name__}: {error}")) from error
-    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
-    pipe.weights_id = str(source)
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    pipe.weights_id = f"{source} [{model_family(pipe).label}]"
     return pipe
 
 

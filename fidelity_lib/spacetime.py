@@ -1,4 +1,5 @@
-"""Spatial-temporal attention control (Wu, Liu et al., ICCV 2023) on a diffusers Stable Diffusion pipeline.
+"""Spatial-temporal attention control (Wu, Liu et al., ICCV 2023) on a diffusers Stable Diffusion pipeline (SD 1.x,
+2.x, SDXL: ``fidelity_lib.conditioning``; on SDXL the local prompts go through both text encoders).
 
 Follows the official "iccv version" (``docs/official_spatial_temporal.md``): every object of the layout gets a disc
 of radius 0.2 at every cross-attention resolution; inside it, the conditional rows' cross-attention output gets
@@ -30,11 +31,12 @@ from diffusers.models.attention_processor import Attention
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.checkpoint import checkpoint
 
-from fidelity_lib.attend_excite import AttendExciteConfig, AttendExciteGuidance
+from fidelity_lib.attend_excite import AttendExciteConfig, AttendExciteGuidance, eot_ends
 from fidelity_lib.attention import CrossAttentionLayer, attention_hook, attention_processors, cross_attention_layers
 from fidelity_lib.clip import ClipModel
+from fidelity_lib.conditioning import Conditioning, decode_latents, decodes_in_fp32, default_size, encode_prompts
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
-from fidelity_lib.prompts import check_token_indices, eot_index, subject_token_indices, uses_sd2_tokenizer
+from fidelity_lib.prompts import check_token_indices, subject_token_indices
 
 COMBINATIONS = ("official", "convex")
 METHODS = ("st", "st+ae")
@@ -314,13 +316,13 @@ def predict_layout(prompt: str, predictor: LayoutPredictor | None = None) -> lis
 class _Guidance:
     """Attend-and-Excite's latent update (AttendExciteGuidance), applied as a constant shift so that W's gradient flows past it."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, prompt_embeds: torch.Tensor, num_timesteps: int, token_indices, config: AttendExciteConfig):
-        height, width = (s * pipe.vae_scale_factor for s in _latent_size(pipe))
+    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, conditioning: Conditioning, num_timesteps: int, token_indices, config: AttendExciteConfig):
+        height, width = default_size(pipe)
         if token_indices is None:
             token_indices = subject_token_indices(pipe.tokenizer, prompt)
         token_indices = check_token_indices(pipe.tokenizer, prompt, token_indices)
-        end = eot_index(pipe.tokenizer, prompt) if uses_sd2_tokenizer(pipe.tokenizer) else None
-        self.guidance = AttendExciteGuidance(pipe, prompt_embeds, [token_indices], [end], config, num_timesteps, height, width)
+        ends = eot_ends(pipe, [prompt], config)
+        self.guidance = AttendExciteGuidance(pipe, conditioning, [token_indices], ends, config, num_timesteps, height, width)
         self.layers, self.store = self.guidance.layers, self.guidance.store
 
     def applies(self, step: int) -> bool:
@@ -340,8 +342,8 @@ def _latent_size(pipe: StableDiffusionPipeline) -> tuple[int, int]:
 class _Sampler:
     """One differentiable sampling pass from fixed noise under spatial-temporal control, and the decoder."""
 
-    def __init__(self, pipe, control, cfg_embeds, initial_latents, config: SpaceTimeConfig, guidance: _Guidance | None):
-        self.pipe, self.control, self.cfg_embeds = pipe, control, cfg_embeds
+    def __init__(self, pipe, control, cfg_conditioning: Conditioning, initial_latents, config: SpaceTimeConfig, guidance: _Guidance | None):
+        self.pipe, self.control, self.cfg_conditioning = pipe, control, cfg_conditioning
         self.initial_latents, self.config, self.guidance = initial_latents, config, guidance
         self.device = initial_latents.device
 
@@ -359,7 +361,7 @@ class _Sampler:
             self.control.begin_forward(weights, (False, True))
             model_input = self.pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
             with self._autocast():
-                noise = self.pipe.unet(model_input, t, encoder_hidden_states=self.cfg_embeds).sample
+                noise = self.pipe.unet(model_input, t, **self.cfg_conditioning.unet_kwargs()).sample
             noise_uncond, noise_text = noise.float().chunk(2)
             return noise_uncond + self.config.guidance_scale * (noise_text - noise_uncond)
 
@@ -381,11 +383,11 @@ class _Sampler:
         return latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The image [1, 3, H, W] in [0, 1] (clamp((x + 1) / 2), plms.py L249-250)."""
+        """The image [1, 3, H, W] in [0, 1] (clamp((x + 1) / 2), plms.py L249-250); SDXL's VAE in fp32."""
 
         def forward(latents):
-            with self._autocast():
-                image = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor).sample
+            with nullcontext() if decodes_in_fp32(self.pipe) else self._autocast():
+                image = decode_latents(self.pipe, latents)
             return ((image.float() + 1) / 2).clamp(0, 1)
 
         return self._maybe_checkpoint(forward, latents)
@@ -430,13 +432,12 @@ def spacetime_generate(
 
     device = pipe._execution_device
     latent_size = _latent_size(pipe)
-    height, width = latent_size[0] * pipe.vae_scale_factor, latent_size[1] * pipe.vae_scale_factor
-    with torch.no_grad():
-        prompt_embeds, negative_embeds = pipe.encode_prompt(prompt, device, 1, True)
-        local_texts = [config.local_prompt.format(placement.phrase) for placement in layout]
-        local_embeds = pipe.encode_prompt(local_texts, device, 1, False)[0]
+    height, width = default_size(pipe)
+    conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, height, width)
+    local_texts = [config.local_prompt.format(placement.phrase) for placement in layout]
+    local_embeds = encode_prompts(pipe, local_texts, device, False, height, width)[0].embeds  # SDXL: both encoders
     generator = torch.Generator("cpu").manual_seed(seed)
-    initial_latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator)
+    initial_latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, conditioning.embeds.dtype, device, generator)
     resolutions = {layer.resolution for layer in cross_attention_layers(pipe.unet, latent_size)}
     masks = {resolution: region_masks(layout, resolution, config.radius).to(device) for resolution in resolutions}
     control = SpaceTimeControl(local_embeds, masks, config.combination)
@@ -446,12 +447,12 @@ def spacetime_generate(
     optimizer = torch.optim.Adam([weights], lr=config.learning_rate)
 
     pipe.scheduler.set_timesteps(config.num_inference_steps, device=device)
-    guidance = _Guidance(pipe, prompt, prompt_embeds, len(pipe.scheduler.timesteps), token_indices, config.attend_excite) if method == "st+ae" else None
+    guidance = _Guidance(pipe, prompt, conditioning, len(pipe.scheduler.timesteps), token_indices, config.attend_excite) if method == "st+ae" else None
     hook = attention_hook(pipe.unet, guidance.layers, guidance.store) if guidance is not None else nullcontext()
     blocks = block_checkpointing(pipe.unet, config.block_checkpointing)
     with frozen(pipe.unet, pipe.vae, pipe.text_encoder, clip_model.model), hook, blocks:
         loss_of = ClipLoss(clip_model, prompt, layout, config, device)
-        sampler = _Sampler(pipe, control, torch.cat([negative_embeds, prompt_embeds]), initial_latents, config, guidance)
+        sampler = _Sampler(pipe, control, unconditional.cat(conditioning), initial_latents, config, guidance)
         history, losses = [], []
         with spacetime_control(pipe, control, latent_size):
             for number in range(config.passes):

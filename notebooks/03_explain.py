@@ -49,6 +49,7 @@ import fidelity_lib
 from fidelity_lib.attend_excite import attend_and_excite, attention_layers
 from fidelity_lib.chapters import chapter_seeds, chapter_steps, explain_inputs
 from fidelity_lib.components import load_pipeline, resolve_profile
+from fidelity_lib.conditioning import default_size
 from fidelity_lib.explain import LatentRecorder, normalised_map, step_attention
 from fidelity_lib.figures import attention_strip
 from fidelity_lib.report import Provenance, save_figure
@@ -60,7 +61,7 @@ steps = steps or chapter_steps(resolved)
 seed = seed if seed is not None else chapter_seeds(resolved, 1)[0]  # 0, or the first held-out seed (toy)
 pipe = load_pipeline(profile, weights=weights)
 prompt, token_indices, config = explain_inputs(resolved, prompt, token_indices, attention_res)
-height = width = pipe.unet.config.sample_size * pipe.vae_scale_factor
+height, width = default_size(pipe)  # 512 on SD 1.x, 1024 on SDXL
 resolution = attention_layers(pipe, height, width, config.attention_res)[0].resolution
 strip_steps = list(strip_steps or np.linspace(0, steps, 5).round().astype(int))  # PNDM runs steps + 1 iterations
 provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=str(seed), notes=f'prompt "{prompt}", {steps} steps')

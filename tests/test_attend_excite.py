@@ -19,7 +19,11 @@ def test_paper_defaults():
     assert config.max_iter_to_alter == 25 and config.thresholds == {0: 0.05, 10: 0.5, 20: 0.8}
     assert config.scale_factor == 20 and config.scale_range == (1.0, 0.5)
     assert (config.smooth_attentions, config.kernel_size, config.sigma) == (True, 3, 0.5)
-    assert config.attention_res == 16 and config.max_refinement_steps == 20
+    assert config.attention_res is None and config.max_refinement_steps == 20  # None: the model's own resolution
+
+
+def test_the_default_attention_resolution_is_16_on_sd1(tiny_pipe):
+    assert {layer.resolution for layer in attention_layers(tiny_pipe, 64, 64, AttendExciteConfig().attention_res)} == {(16, 16)}
 
 
 def test_gaussian_kernel_has_the_official_values():
