@@ -168,3 +168,18 @@ def test_v_prediction_runs_every_method(clip):
     st = spacetime_generate(pipe, "a cat to the left of a dog", [CAT, DOG], seed=0, method="st+ae", clip_model=clip,
                             config=SpaceTimeConfig(num_inference_steps=3, passes=2, attend_excite=config))
     assert np.isfinite(st.losses).all() and not np.allclose(st.weights[1], st.weights[0])
+
+
+def test_the_generator_runs_every_method_on_sdxl_and_records_what_ran(sdxl, clip, tmp_path, monkeypatch):
+    from fidelity_lib.datasets import PromptRecord
+    from fidelity_lib.generate import GenerationOptions, generate, read_manifest
+
+    monkeypatch.setattr(sdxl, "weights_id", "~/weights/sdxl [SDXL base 1.0]", raising=False)  # as paper_pipeline names it
+    record = PromptRecord("test", 0, "a cat to the left of a dog", ("cat", "dog"))
+    options = GenerationOptions(steps=2, ae_config=AttendExciteConfig(max_iter_to_alter=2, thresholds={}, **SDXL_AE), loss_clip=clip,
+                                layouts={record.prompt: [CAT, DOG]}, st_config=SpaceTimeConfig(passes=2))
+    for method in ("sd", "ae", "st", "st+ae"):
+        generate(sdxl, method, [record], [0], tmp_path, profile="tiny", options=options, progress=False)
+    lines = {line["method"]: line for line in read_manifest(tmp_path)}
+    assert set(lines) == {"sd", "ae", "st", "st+ae"} and all("SDXL" in line["weights"] for line in lines.values())
+    assert lines["ae"]["config"]["normalize_eot"] is True and lines["st+ae"]["config"]["attend_excite"]["attention_res"] == 8
