@@ -18,9 +18,10 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
 
-from fidelity_lib.conditioning import Conditioning, decode_latents, default_size, encode_prompts, model_family
+from fidelity_lib.conditioning import (
+    Conditioning, Pipeline, ae_attention_res, check_shared_positions, decode_latents, default_size, encode_prompts, model_family,
+)
 from fidelity_lib.prompts import (
     check_prompt,
     check_prompt_length,
@@ -55,7 +56,7 @@ class AttendExciteConfig:
     sigma: float = 0.5  # config.py RunConfig.sigma (utils/gaussian_smoothing.py's formula: effective sigma sqrt(2)*0.5)
     attention_res: int | tuple[int, int] | None = None  # config.py RunConfig.attention_res = 16 on SD 1.x; int = side
     # at the UNet's default size (scaled with the image size, same UNet depth); (h, w) = exact grid at the requested
-    # size; None = the model's: 16 on SD 1.x and 2.x-base, 24 on 768-v, 32 on SDXL (ModelFamily.ae_attention_res)
+    # size; None = the model's: 16 on SD 1.x and 2.x-base, 24 on 768-v, 32 on SDXL (conditioning.ae_attention_res)
     max_refinement_steps: int = 20  # pipeline_attend_and_excite.py L277 (default argument of the refinement)
     normalize_eot: bool | None = None  # run.py / pipeline L527 `sd_2_1` (False); None = the model's
     # (ModelFamily.normalize_eot): True for SD 2.x and SDXL, whose (second) tokenizer pads with "!"
@@ -138,10 +139,10 @@ def attend_excite_loss(max_attention: torch.Tensor) -> torch.Tensor:
     return torch.clamp(1.0 - max_attention, min=0.0).max()
 
 
-def attention_layers(pipe: StableDiffusionPipeline, height: int, width: int, attention_res) -> list[CrossAttentionLayer]:
+def attention_layers(pipe: Pipeline, height: int, width: int, attention_res) -> list[CrossAttentionLayer]:
     """The cross-attention layers A&E reads for an image size (see AttendExciteConfig.attention_res)."""
     if attention_res is None:
-        attention_res = model_family(pipe).ae_attention_res
+        attention_res = ae_attention_res(pipe)
     scale = pipe.vae_scale_factor
     latent_size = (height // scale, width // scale)
     layers = cross_attention_layers(pipe.unet, latent_size)
@@ -192,7 +193,7 @@ class AttendExciteGuidance:
 
     def __init__(
         self,
-        pipe: StableDiffusionPipeline,
+        pipe: Pipeline,
         conditioning: Conditioning,
         token_indices: list[tuple[int, ...]],
         ends: list[int | None],
@@ -221,7 +222,8 @@ class AttendExciteGuidance:
         self.store.begin_forward(step)
         self.store.active = True
         try:
-            model_input = self.pipe.scheduler.scale_model_input(latents, t)  # PNDM: the identity, as in the official loop
+            model_input = self.pipe.scheduler.scale_model_input(latents, t)  # PNDM: the identity (the official loop
+            # feeds unscaled latents); a sigma-scaled scheduler such as Euler needs it
             self.pipe.unet(model_input, t, **self.conditioning.rows(rows).unet_kwargs())
         except ForwardComplete:  # the rest of the UNet does not reach the loss
             pass
@@ -297,31 +299,32 @@ class AttendExciteGuidance:
         )
 
 
-def model_config(pipe: StableDiffusionPipeline, config: AttendExciteConfig) -> AttendExciteConfig:
+def model_config(pipe: Pipeline, config: AttendExciteConfig) -> AttendExciteConfig:
     """``config`` with the model's attention_res and normalize_eot where it leaves them None: what a run records."""
-    family = model_family(pipe)
     return replace(
         config,
-        attention_res=family.ae_attention_res if config.attention_res is None else config.attention_res,
-        normalize_eot=family.normalize_eot if config.normalize_eot is None else config.normalize_eot,
+        attention_res=ae_attention_res(pipe) if config.attention_res is None else config.attention_res,
+        normalize_eot=model_family(pipe).normalize_eot if config.normalize_eot is None else config.normalize_eot,
     )
 
 
-def eot_ends(pipe: StableDiffusionPipeline, prompts: Sequence[str], config: AttendExciteConfig) -> list[int | None]:
+def eot_ends(pipe: Pipeline, prompts: Sequence[str], config: AttendExciteConfig) -> list[int | None]:
     """Per prompt, the <eot> position where A&E's softmax stops (config.normalize_eot, else the model's), else None."""
-    normalize = config.normalize_eot if config.normalize_eot is not None else model_family(pipe).normalize_eot
+    normalize = model_config(pipe, config).normalize_eot
     return [eot_index(pipe.tokenizer, prompt) if normalize else None for prompt in prompts]
 
 
-def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> np.ndarray:
+def _decode(pipe: Pipeline, latents: torch.Tensor) -> np.ndarray:
     images = decode_latents(pipe, latents)
     return pipe.image_processor.postprocess(images, output_type="np", do_denormalize=[True] * len(images))
 
 
-def _prompt_subjects(tokenizer, prompt: str, token_indices) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def _prompt_subjects(pipe: Pipeline, prompt: str, token_indices) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Checked subject indices of one prompt (automatic when None) and their tokens."""
+    tokenizer = pipe.tokenizer
     check_prompt(prompt)
     check_prompt_length(tokenizer, prompt)
+    check_shared_positions(pipe, prompt)
     if token_indices is None:
         token_indices = subject_token_indices(tokenizer, prompt)
     token_indices = check_token_indices(tokenizer, prompt, token_indices)
@@ -330,7 +333,7 @@ def _prompt_subjects(tokenizer, prompt: str, token_indices) -> tuple[tuple[int, 
 
 @torch.no_grad()
 def attend_and_excite_batch(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     prompts: Sequence[str],
     token_indices: Sequence[tuple[int, ...] | list[int] | None] | None = None,
     *,
@@ -355,8 +358,7 @@ def attend_and_excite_batch(
     token_indices = list(token_indices) if token_indices is not None else [None] * len(prompts)
     if len(token_indices) != len(prompts):
         raise ValueError(f"Give one token-index tuple (or None) per prompt: {len(prompts)} prompts, {len(token_indices)} tuples.")
-    tokenizer = pipe.tokenizer
-    subjects = [_prompt_subjects(tokenizer, prompt, indices) for prompt, indices in zip(prompts, token_indices)]
+    subjects = [_prompt_subjects(pipe, prompt, indices) for prompt, indices in zip(prompts, token_indices)]
     height, width = height or default_size(pipe)[0], width or default_size(pipe)[1]
     check_image_size(height, width)
     device = pipe._execution_device
@@ -420,7 +422,7 @@ def attend_and_excite_batch(
 
 
 def attend_and_excite(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     prompt: str,
     token_indices: tuple[int, ...] | list[int] | None = None,
     *,

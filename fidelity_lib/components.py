@@ -16,9 +16,9 @@ import os
 from functools import lru_cache
 
 import torch
-from diffusers import StableDiffusionPipeline
 
 from fidelity_lib.clip import ClipModel, openai_clip, tiny_clip
+from fidelity_lib.conditioning import Pipeline
 from fidelity_lib.detections import Detector
 from fidelity_lib.layout.evaluate import LAYOUTS_DIR, load_layouts
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
@@ -50,7 +50,7 @@ def load_pipeline(
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> StableDiffusionPipeline:
+) -> Pipeline:
     """The profile's pipeline; ``weights`` is a folder or a repo id in the local cache (paper profile)."""
     resolved = resolve_profile(profile)
     device = torch.device(device) if device is not None else default_device()

@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import StableDiffusionPipeline
 
 from fidelity_lib.attention import AttentionStore, CrossAttentionLayer, attention_hook, cross_attention_layers
-from fidelity_lib.conditioning import encode_prompts
+from fidelity_lib.conditioning import Pipeline, encode_prompts
 
 
 @dataclass
@@ -53,7 +52,7 @@ class LatentRecorder:
 
 @torch.no_grad()
 def step_attention(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     prompt: str,
     recorded: dict[int, tuple[torch.Tensor, torch.Tensor]],
     branches: str = "conditional",
@@ -61,10 +60,11 @@ def step_attention(
     """Cross-attention maps of every layer at each recorded step; ``branches="both"`` gives the raw (uncond+cond) mean."""
     device = pipe._execution_device
     results = []
+    if recorded:
+        size = tuple(side * pipe.vae_scale_factor for side in next(iter(recorded.values()))[1].shape[-2:])
+        conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, *size)
     for step, (timestep, latents) in sorted(recorded.items()):
         latents = latents.to(device)
-        size = tuple(side * pipe.vae_scale_factor for side in latents.shape[-2:])
-        conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, *size)
         layers = cross_attention_layers(pipe.unet, tuple(latents.shape[-2:]))
         store = AttentionStore(branches=branches, mean_heads=True, device="cpu")
         with attention_hook(pipe.unet, layers, store):

@@ -38,12 +38,12 @@ import PIL.Image
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env
-from diffusers import StableDiffusionPipeline
 from tqdm import tqdm
 
 from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch, model_config
 from fidelity_lib.clip import ClipModel
 from fidelity_lib.components import load_pipeline, shared_loss_clip, shipped_layout_predictor, shipped_layouts
+from fidelity_lib.conditioning import Pipeline
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
 from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
@@ -66,6 +66,10 @@ class OutputFolderError(OSError):
 
 class OutputLockedError(RuntimeError):
     """Another generator run holds the output folder's lock."""
+
+
+class OtherWeightsError(ValueError):
+    """The output folder holds this method's images from other weights: resuming would mix two models."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,8 @@ class Generated:
     extras: dict = field(default_factory=dict)
 
 
-Method = Callable[[StableDiffusionPipeline, PromptRecord, int, GenerationOptions], Generated]
-BatchedMethod = Callable[[StableDiffusionPipeline, Sequence[tuple[PromptRecord, int]], GenerationOptions], list[Generated]]
+Method = Callable[[Pipeline, PromptRecord, int, GenerationOptions], Generated]
+BatchedMethod = Callable[[Pipeline, Sequence[tuple[PromptRecord, int]], GenerationOptions], list[Generated]]
 METHODS: dict[str, Method] = {}
 BATCHED_METHODS: dict[str, BatchedMethod] = {}
 
@@ -124,12 +128,12 @@ def register_method(name: str) -> Callable[[Method], Method]:
 
 
 @register_method("sd")
-def generate_sd(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
+def generate_sd(pipe: Pipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
     """Plain Stable Diffusion through the pipeline itself."""
     return generate_sd_batch(pipe, [(record, seed)], options)[0]
 
 
-def generate_sd_batch(pipe: StableDiffusionPipeline, items: Sequence[tuple[PromptRecord, int]], options: GenerationOptions) -> list[Generated]:
+def generate_sd_batch(pipe: Pipeline, items: Sequence[tuple[PromptRecord, int]], options: GenerationOptions) -> list[Generated]:
     """Plain SD for several (prompt, seed) items in one pipeline call, one CPU generator per image."""
     images = pipe(
         [record.prompt for record, _ in items],
@@ -145,12 +149,12 @@ BATCHED_METHODS["sd"] = generate_sd_batch
 
 
 @register_method("ae")
-def generate_ae(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
+def generate_ae(pipe: Pipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
     """Attend-and-Excite with ``options.ae_config`` (the paper's defaults unless told otherwise)."""
     return generate_ae_batch(pipe, [(record, seed)], options)[0]
 
 
-def generate_ae_batch(pipe: StableDiffusionPipeline, items: Sequence[tuple[PromptRecord, int]], options: GenerationOptions) -> list[Generated]:
+def generate_ae_batch(pipe: Pipeline, items: Sequence[tuple[PromptRecord, int]], options: GenerationOptions) -> list[Generated]:
     """A&E for several (prompt, seed) items in one batch; subjects from the options, the prompt set or the nouns."""
     config = model_config(pipe, options.ae_config)  # the manifest records the resolution and normalisation that ran
     results = attend_and_excite_batch(
@@ -189,13 +193,13 @@ def _generate_spacetime(pipe, record: PromptRecord, seed: int, options: Generati
 
 
 @register_method("st")
-def generate_st(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
+def generate_st(pipe: Pipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
     """Spatial-temporal attention control: layout from the layout predictor, weights optimised through CLIP."""
     return _generate_spacetime(pipe, record, seed, options, "st")
 
 
 @register_method("st+ae")
-def generate_st_ae(pipe: StableDiffusionPipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
+def generate_st_ae(pipe: Pipeline, record: PromptRecord, seed: int, options: GenerationOptions) -> Generated:
     """Spatial-temporal control and Attend-and-Excite guidance in the same run."""
     return _generate_spacetime(pipe, record, seed, options, "st+ae")
 
@@ -373,7 +377,7 @@ class GenerationSummary:
 
 
 def generate(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     method: str,
     records: Sequence[PromptRecord],
     seeds: Sequence[int],
@@ -407,7 +411,15 @@ def generate(
 
 def _generate_share(pipe, method, records, seeds, out: Path, profile, options, progress, state) -> GenerationSummary:
     items = work_items(records, seeds, state.process_index, state.num_processes)
-    done = {(line.get("method"), line.get("prompt"), line.get("seed")) for line in read_manifest(out)}
+    manifest = read_manifest(out)
+    weights = getattr(pipe, "weights_id", None)
+    others = sorted({str(line.get("weights")) for line in manifest if line.get("method") == method and line.get("weights") != weights})
+    if others:
+        raise OtherWeightsError(
+            f"{out} already holds {method} images made with {', '.join(others)}, not {weights}: resuming would mix "
+            "models. Pass another output folder, or delete that one to start again."
+        )
+    done = {(line.get("method"), line.get("prompt"), line.get("seed")) for line in manifest}
     pending = [(r, s) for r, s in items if not ((method, r.prompt, s) in done and is_valid_image(image_path(out, method, r.prompt, s)))]
     part = manifest_part(out, state.process_index)
     start = time.perf_counter()
@@ -422,7 +434,7 @@ def _generate_share(pipe, method, records, seeds, out: Path, profile, options, p
             outputs = [METHODS[method](pipe, record, seed, options) for record, seed in chunk]
         seconds = (time.perf_counter() - batch_start) / len(chunk)
         for (record, seed), generated in zip(chunk, outputs):
-            _write_image(out, part, method, record, seed, generated, profile, getattr(pipe, "weights_id", None), seconds)
+            _write_image(out, part, method, record, seed, generated, profile, weights, seconds)
         bar.update(len(chunk))
     bar.close()
     return GenerationSummary(len(pending), len(items) - len(pending), time.perf_counter() - start)

@@ -14,16 +14,16 @@ import gzip
 import inspect
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from fidelity_lib.conditioning import FAMILIES, model_family
+from fidelity_lib.conditioning import FAMILIES, Pipeline, model_family
 
 PROFILES = ("smoke", "tiny", "toy", "paper")
 SD14_REPO_ID = FAMILIES["sd1"].repo_id
@@ -190,7 +190,19 @@ class UnsupportedModelError(ValueError):
 
 
 def _is_repo_id(weights: str | os.PathLike) -> bool:
-    return isinstance(weights, str) and not Path(weights).expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", weights) is not None
+    """A string that names no existing path and is a valid Hugging Face repo id ("owner/name")."""
+    if not isinstance(weights, str) or Path(weights).expanduser().exists() or weights.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(weights)
+    except HFValidationError:  # e.g. "./weights": a folder that does not exist
+        return False
+    return True
+
+
+def _reference_repo(index: dict) -> str:
+    """The repo the download hint names for a folder: SDXL base for an SDXL index, else SD v1.4."""
+    return FAMILIES["sdxl"].repo_id if index.get("_class_name") == StableDiffusionXLPipeline.__name__ else SD14_REPO_ID
 
 
 def _model_index(weights: str | os.PathLike | None) -> tuple[str | Path, str, dict]:
@@ -199,20 +211,22 @@ def _model_index(weights: str | os.PathLike | None) -> tuple[str | Path, str, di
         repo_id = SD14_REPO_ID if weights is None else str(weights)
         index_file = try_to_load_from_cache(repo_id, "model_index.json")
         if not isinstance(index_file, str):
-            raise WeightsNotFoundError(_missing_weights_message(repo_id, None, "no model_index.json for it in the cache"))
+            reason = "no model_index.json for it in the cache" + ("" if weights is None else ", and no folder of that name")
+            raise WeightsNotFoundError(_missing_weights_message(repo_id, None, reason))
         return repo_id, repo_id, json.loads(Path(index_file).read_text())
     folder = Path(weights).expanduser()
     if not (folder / "model_index.json").is_file():
         raise WeightsNotFoundError(_missing_weights_message(SD14_REPO_ID, folder, "no model_index.json there"))
     missing = _missing_components(folder)
-    index = json.loads((folder / "model_index.json").read_text()) if not missing else {}
+    readable = not missing or missing[0].endswith("/")  # an unreadable index is reported as the one missing item
+    index = json.loads((folder / "model_index.json").read_text()) if readable else {}
     if missing:
         reason = f"the folder is incomplete, it lacks {', '.join(missing)}"
-        raise WeightsNotFoundError(_missing_weights_message(SD14_REPO_ID, folder, reason))
-    return folder, SD14_REPO_ID, index
+        raise WeightsNotFoundError(_missing_weights_message(_reference_repo(index), folder, reason))
+    return folder, _reference_repo(index), index
 
 
-def paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+def paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> Pipeline:
     """SD 1.x, 2.x or SDXL, by its model_index.json, from a folder or a repo id in the local cache; never downloaded.
 
     Every family samples with PLMS (the PNDM scheduler with the folder's betas and prediction type), both papers'
@@ -225,8 +239,6 @@ def paper_pipeline(weights: str | os.PathLike | None, dtype: torch.dtype) -> Sta
             f"{source} is a {index.get('_class_name')!r}; the methods run on {', '.join(PIPELINE_CLASSES)} "
             f"(Stable Diffusion 1.x, 2.x and SDXL base). Point weights= at one of those."
         )
-    if isinstance(source, Path) and pipeline_class is StableDiffusionXLPipeline:
-        repo_id = FAMILIES["sdxl"].repo_id  # what the error messages tell the user to download
     parameters = inspect.signature(pipeline_class.__init__).parameters
     options = {name: None for name in OPTIONAL_COMPONENTS if name in parameters}  # not loaded: a folder may lack them
     options.update({"requires_safety_checker": False} if "requires_safety_checker" in parameters else {"add_watermarker": False})

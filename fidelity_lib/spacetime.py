@@ -34,7 +34,9 @@ from torch.utils.checkpoint import checkpoint
 from fidelity_lib.attend_excite import AttendExciteConfig, AttendExciteGuidance, eot_ends
 from fidelity_lib.attention import CrossAttentionLayer, attention_hook, attention_processors, cross_attention_layers
 from fidelity_lib.clip import ClipModel
-from fidelity_lib.conditioning import Conditioning, decode_latents, decodes_in_fp32, default_size, encode_prompts
+from fidelity_lib.conditioning import (
+    Conditioning, Pipeline, decode_latents, decodes_in_fp32, default_size, encode_prompts, fp32_vae, latent_size,
+)
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
 from fidelity_lib.prompts import check_token_indices, subject_token_indices
 
@@ -197,7 +199,7 @@ class SpaceTimeProcessor:
 
 
 @contextmanager
-def spacetime_control(pipe: StableDiffusionPipeline, control: SpaceTimeControl, latent_size: tuple[int, int]) -> Iterator[SpaceTimeControl]:
+def spacetime_control(pipe: Pipeline, control: SpaceTimeControl, latent_size: tuple[int, int]) -> Iterator[SpaceTimeControl]:
     """Wrap every cross-attention layer's current processor in a SpaceTimeProcessor; restore all on exit."""
     current = pipe.unet.attn_processors
     processors = {
@@ -316,7 +318,9 @@ def predict_layout(prompt: str, predictor: LayoutPredictor | None = None) -> lis
 class _Guidance:
     """Attend-and-Excite's latent update (AttendExciteGuidance), applied as a constant shift so that W's gradient flows past it."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, prompt: str, conditioning: Conditioning, num_timesteps: int, token_indices, config: AttendExciteConfig):
+    def __init__(
+        self, pipe: Pipeline, prompt: str, conditioning: Conditioning, num_timesteps: int, token_indices, config: AttendExciteConfig
+    ):
         height, width = default_size(pipe)
         if token_indices is None:
             token_indices = subject_token_indices(pipe.tokenizer, prompt)
@@ -332,11 +336,6 @@ class _Guidance:
         """A&E's latent for this step (pipeline_attend_and_excite.py L236-261), as latents + a shift without graph."""
         moved = self.guidance(latents.detach(), t, step).latents
         return latents + (moved - latents.detach())
-
-
-def _latent_size(pipe: StableDiffusionPipeline) -> tuple[int, int]:
-    size = pipe.unet.config.sample_size
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 class _Sampler:
@@ -359,7 +358,7 @@ class _Sampler:
     def _noise(self, latents: torch.Tensor, t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         def forward(latents, weights):
             self.control.begin_forward(weights, (False, True))
-            model_input = self.pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            model_input = self.pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t).to(self.pipe.unet.dtype)  # fp32 steps
             with self._autocast():
                 noise = self.pipe.unet(model_input, t, **self.cfg_conditioning.unet_kwargs()).sample
             noise_uncond, noise_text = noise.float().chunk(2)
@@ -398,7 +397,7 @@ def _to_pil(image: torch.Tensor) -> PIL.Image.Image:
 
 
 def spacetime_generate(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     prompt: str,
     layout: Sequence[ObjectPlacement] | None = None,
     *,
@@ -431,14 +430,14 @@ def spacetime_generate(
         return SpaceTimeResult(image, [], seconds=time.perf_counter() - start, method=method, fallback=True)
 
     device = pipe._execution_device
-    latent_size = _latent_size(pipe)
+    latent = latent_size(pipe)
     height, width = default_size(pipe)
     conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, height, width)
     local_texts = [config.local_prompt.format(placement.phrase) for placement in layout]
     local_embeds = encode_prompts(pipe, local_texts, device, False, height, width)[0].embeds  # SDXL: both encoders
     generator = torch.Generator("cpu").manual_seed(seed)
     initial_latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, conditioning.embeds.dtype, device, generator)
-    resolutions = {layer.resolution for layer in cross_attention_layers(pipe.unet, latent_size)}
+    resolutions = {layer.resolution for layer in cross_attention_layers(pipe.unet, latent)}
     masks = {resolution: region_masks(layout, resolution, config.radius).to(device) for resolution in resolutions}
     control = SpaceTimeControl(local_embeds, masks, config.combination)
     weights = torch.full(
@@ -447,14 +446,17 @@ def spacetime_generate(
     optimizer = torch.optim.Adam([weights], lr=config.learning_rate)
 
     pipe.scheduler.set_timesteps(config.num_inference_steps, device=device)
-    guidance = _Guidance(pipe, prompt, conditioning, len(pipe.scheduler.timesteps), token_indices, config.attend_excite) if method == "st+ae" else None
+    guidance = None
+    if method == "st+ae":
+        guidance = _Guidance(pipe, prompt, conditioning, len(pipe.scheduler.timesteps), token_indices, config.attend_excite)
     hook = attention_hook(pipe.unet, guidance.layers, guidance.store) if guidance is not None else nullcontext()
     blocks = block_checkpointing(pipe.unet, config.block_checkpointing)
-    with frozen(pipe.unet, pipe.vae, pipe.text_encoder, clip_model.model), hook, blocks:
+    encoders = [module for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if module is not None]
+    with frozen(pipe.unet, pipe.vae, *encoders, clip_model.model), hook, blocks, fp32_vae(pipe):  # SDXL: fp32 VAE throughout
         loss_of = ClipLoss(clip_model, prompt, layout, config, device)
         sampler = _Sampler(pipe, control, unconditional.cat(conditioning), initial_latents, config, guidance)
         history, losses = [], []
-        with spacetime_control(pipe, control, latent_size):
+        with spacetime_control(pipe, control, latent):
             for number in range(config.passes):
                 last = number == config.passes - 1
                 with torch.set_grad_enabled(not last):

@@ -35,7 +35,7 @@ token_indices = None  # None: the paper sets' indices, or the prompt's nouns (to
 seed = None  # None: 0, or the first held-out seed (toy)
 steps = None  # None: 50 (paper), 25 (toy), 10 (tiny)
 strip_steps = None  # None: five steps spread over the run
-attention_res = None  # None: A&E's default (16: SD's 16x16 maps at 512 px), or the toy world's chosen setting
+attention_res = None  # None: the model's (16x16 maps at 512 px on SD 1.x, 32x32 at 1024 on SDXL), or the toy world's setting
 
 # %%
 from pathlib import Path

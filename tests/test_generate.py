@@ -199,3 +199,13 @@ def test_stated_layouts_and_st_settings_reach_spatial_temporal_control(tmp_path,
     assert [(p["phrase"], p["x"], p["y"]) for p in line["extras"]["layout"]] == [("a cat", 0.25, 0.5), ("a dog", 0.75, 0.5)]
     # the options' steps win over the config's, the rest of the config is the one given
     assert line["config"]["num_inference_steps"] == 2 and line["config"]["passes"] == 1 and line["config"]["radius"] == 0.3
+
+
+def test_resuming_with_other_weights_is_refused(tmp_path, fake_method):
+    generate(NoPipe(), "fake", RECORDS[:1], [0], tmp_path, profile="tiny", progress=False)
+    other = type("OtherPipe", (), {"weights_id": "~/weights/sdxl [SDXL base 1.0]"})()
+    with pytest.raises(gen.OtherWeightsError, match=r"made with none, not ~/weights/sdxl \[SDXL base 1.0\]"):
+        generate(other, "fake", RECORDS, [0], tmp_path, profile="tiny", progress=False)
+    assert len(read_manifest(tmp_path)) == 1  # nothing written by the refused run
+    summary = generate(NoPipe(), "fake", RECORDS, [0], tmp_path, profile="tiny", progress=False)
+    assert (summary.written, summary.skipped) == (1, 1)

@@ -4,6 +4,7 @@ Random-weight pipelines with each model's block layout and tiny channels (tests/
 """
 
 import json
+import shutil
 
 import huggingface_hub
 import numpy as np
@@ -38,7 +39,7 @@ def sdxl():
 
 @pytest.fixture(scope="module")
 def sd2():
-    return plms(sd2_pipeline(sample_size=16, levels=2))
+    return plms(sd2_pipeline(sample_size=32, levels=3))  # maps at 32, 16 and 8 (mid): a quarter of 32 is there
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,11 @@ def test_eot_normalisation_follows_the_tokenizers(tiny_pipe, sd2, sdxl):
 
 
 def test_attend_and_excite_losses_fall_on_sdxl(sdxl):
-    guided = attend_and_excite(sdxl, PROMPT, seed=0, num_inference_steps=4, config=AttendExciteConfig(max_iter_to_alter=4, thresholds={}, scale_factor=2000, **SDXL_AE))
-    unguided = attend_and_excite(sdxl, PROMPT, seed=0, num_inference_steps=4, config=AttendExciteConfig(max_iter_to_alter=4, thresholds={}, scale_factor=0, **SDXL_AE))
+    def run(scale_factor: float):
+        config = AttendExciteConfig(max_iter_to_alter=4, thresholds={}, scale_factor=scale_factor, **SDXL_AE)
+        return attend_and_excite(sdxl, PROMPT, seed=0, num_inference_steps=4, config=config)
+
+    guided, unguided = run(2000), run(0)  # the random model's gradients are tiny: a large step shows the effect
     assert guided.losses[0] == unguided.losses[0] and guided.image.size == (64, 64)
     for step in range(1, 4):
         assert guided.losses[step] < unguided.losses[step]
@@ -97,9 +101,31 @@ def test_sdxl_conditioning_carries_both_encoders_and_the_size_ids(sdxl):
 
 
 def test_a_mismatched_sdxl_folder_is_named(sdxl, monkeypatch):
-    monkeypatch.setattr(sdxl.unet.config, "addition_time_embed_dim", 16)
+    assert micro_conditioning(sdxl, 64, 48, torch.zeros(3, 32)).tolist() == [[64, 48, 0, 0, 64, 48]] * 3
     with pytest.raises(ValueError, match="unet/ and text_encoder_2/ do not match"):
-        micro_conditioning(sdxl, 64, 64, 1, torch.float32, "cpu")
+        micro_conditioning(sdxl, 64, 64, torch.zeros(1, 16))  # a 16-wide pooled embedding where the UNet wants 32
+    split = type("Split", (), {"__call__": lambda self, prompt: type("Ids", (), {"input_ids": [49406, 320, 49407]})()})()
+    monkeypatch.setattr(sdxl, "tokenizer_2", split)
+    with pytest.raises(ValueError, match="two tokenizers split 'a cat and a dog' differently"):
+        attend_and_excite(sdxl, PROMPT, seed=0, num_inference_steps=1, config=AttendExciteConfig(**SDXL_AE))
+
+
+@pytest.mark.parametrize("latent_statistics", [False, True])
+def test_sdxl_baseline_is_the_sdxl_pipeline_with_the_same_seed(latent_statistics):
+    pipe = plms(sdxl_pipeline(sample_size=32, vae_levels=2))
+    if latent_statistics:  # a VAE that declares latent statistics is unscaled with them, as the pipeline does
+        pipe.vae.register_to_config(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.9, 1.1, 1.0, 0.8])
+    result = attend_and_excite(pipe, PROMPT, seed=3, num_inference_steps=3, baseline=True, height=48, width=64,
+                               config=AttendExciteConfig(**SDXL_AE))
+    reference = pipe(PROMPT, num_inference_steps=3, guidance_scale=7.5, height=48, width=64,
+                     generator=[torch.Generator("cpu").manual_seed(3)], output_type="np").images[0]
+    assert result.pixels.shape == (48, 64, 3) and np.abs(result.pixels - reference).max() <= 1e-5
+
+
+def test_v_prediction_768_reads_a_quarter_of_its_latent():
+    pipe = sd2_pipeline(sample_size=96, v_prediction=True)
+    assert default_size(pipe) == (768, 768) and model_family(pipe).name == "sd2-v"
+    assert {layer.resolution for layer in attention_layers(pipe, 768, 768, None)} == {(24, 24)}
 
 
 def test_spatial_temporal_edits_only_inside_its_regions_on_sdxl(sdxl):
@@ -125,17 +151,29 @@ def test_spatial_temporal_edits_only_inside_its_regions_on_sdxl(sdxl):
 
 @pytest.mark.parametrize("method", ["st", "st+ae"])
 def test_spatial_temporal_control_runs_on_sdxl(sdxl, clip, method):
-    config = SpaceTimeConfig(num_inference_steps=3, passes=2, attend_excite=AttendExciteConfig(max_iter_to_alter=2, thresholds={}, **SDXL_AE))
+    ae_config = AttendExciteConfig(max_iter_to_alter=2, thresholds={}, **SDXL_AE)
+    config = SpaceTimeConfig(num_inference_steps=3, passes=2, attend_excite=ae_config)
     result = spacetime_generate(sdxl, "a cat to the left of a dog", [CAT, DOG], seed=0, config=config, clip_model=clip, method=method)
     assert result.image.size == (64, 64) and np.isfinite(result.losses).all()
     assert not np.allclose(result.weights[1], result.weights[0])  # the CLIP loss reached the weights
 
 
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_spatial_temporal_control_on_a_half_precision_sdxl_decodes_in_fp32(clip, checkpointing):
+    pipe = plms(sdxl_pipeline(sample_size=16, vae_levels=2)).to(torch.bfloat16)  # fp16 on a GPU; bf16 runs on a CPU
+    config = SpaceTimeConfig(num_inference_steps=2, passes=2, checkpointing=checkpointing)
+    result = spacetime_generate(pipe, "a cat to the left of a dog", [CAT, DOG], seed=0, config=config, clip_model=clip)
+    assert np.isfinite(result.losses).all() and not np.allclose(result.weights[1], result.weights[0])
+    assert pipe.vae.dtype == torch.bfloat16  # restored after the run
+
+
 def test_paper_pipeline_loads_sdxl_and_sd2_folders_by_their_model_index(tmp_path):
-    absent = {"image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "feature_extractor": ["transformers", "CLIPImageProcessor"]}
+    absent = {"image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+              "feature_extractor": ["transformers", "CLIPImageProcessor"]}
     xl = paper_pipeline(save_folder(sdxl_pipeline(sample_size=16, vae_levels=2), tmp_path / "xl", absent), torch.float32)
     assert isinstance(xl, StableDiffusionXLPipeline) and model_family(xl).name == "sdxl"
     assert isinstance(xl.scheduler, PNDMScheduler) and xl.scheduler.config.skip_prk_steps and "SDXL" in xl.weights_id
+    assert (xl.scheduler.config.timestep_spacing, xl.scheduler.config.steps_offset, xl.scheduler.config.beta_end) == ("leading", 1, 0.012)
     v = paper_pipeline(save_folder(sd2_pipeline(sample_size=16, levels=2, v_prediction=True), tmp_path / "v"), torch.float32)
     assert model_family(v).name == "sd2-v" and v.scheduler.config.prediction_type == "v_prediction"
     assert isinstance(v.scheduler, PNDMScheduler) and v.scheduler.config.skip_prk_steps
@@ -165,21 +203,41 @@ def test_v_prediction_runs_every_method(clip):
     config = AttendExciteConfig(max_iter_to_alter=2, thresholds={}, attention_res=16)
     ae = attend_and_excite(pipe, PROMPT, seed=0, num_inference_steps=3, config=config)
     assert np.isfinite(ae.losses).all() and ae.image.size == (32, 32)  # 16 latent, x2 VAE
-    st = spacetime_generate(pipe, "a cat to the left of a dog", [CAT, DOG], seed=0, method="st+ae", clip_model=clip,
-                            config=SpaceTimeConfig(num_inference_steps=3, passes=2, attend_excite=config))
-    assert np.isfinite(st.losses).all() and not np.allclose(st.weights[1], st.weights[0])
+    sd = pipe(PROMPT, num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(0), output_type="np").images[0]
+    assert np.isfinite(sd).all() and sd.shape == (32, 32, 3)
+    for method in ("st", "st+ae"):
+        st = spacetime_generate(pipe, "a cat to the left of a dog", [CAT, DOG], seed=0, method=method, clip_model=clip,
+                                config=SpaceTimeConfig(num_inference_steps=3, passes=2, attend_excite=config))
+        assert np.isfinite(st.losses).all() and not np.allclose(st.weights[1], st.weights[0])
 
 
-def test_the_generator_runs_every_method_on_sdxl_and_records_what_ran(sdxl, clip, tmp_path, monkeypatch):
+def test_the_generator_runs_every_method_on_an_sdxl_folder_and_records_what_ran(clip, tmp_path):
+    from fidelity_lib.components import load_pipeline
     from fidelity_lib.datasets import PromptRecord
     from fidelity_lib.generate import GenerationOptions, generate, read_manifest
 
-    monkeypatch.setattr(sdxl, "weights_id", "~/weights/sdxl [SDXL base 1.0]", raising=False)  # as paper_pipeline names it
+    pipe = load_pipeline("paper", weights=save_folder(sdxl_pipeline(sample_size=32, vae_levels=2), tmp_path / "sdxl"), device="cpu")
     record = PromptRecord("test", 0, "a cat to the left of a dog", ("cat", "dog"))
-    options = GenerationOptions(steps=2, ae_config=AttendExciteConfig(max_iter_to_alter=2, thresholds={}, **SDXL_AE), loss_clip=clip,
+    options = GenerationOptions(steps=2, ae_config=AttendExciteConfig(max_iter_to_alter=2, thresholds={}), loss_clip=clip,
                                 layouts={record.prompt: [CAT, DOG]}, st_config=SpaceTimeConfig(passes=2))
     for method in ("sd", "ae", "st", "st+ae"):
-        generate(sdxl, method, [record], [0], tmp_path, profile="tiny", options=options, progress=False)
-    lines = {line["method"]: line for line in read_manifest(tmp_path)}
-    assert set(lines) == {"sd", "ae", "st", "st+ae"} and all("SDXL" in line["weights"] for line in lines.values())
-    assert lines["ae"]["config"]["normalize_eot"] is True and lines["st+ae"]["config"]["attend_excite"]["attention_res"] == 8
+        generate(pipe, method, [record], [0], tmp_path / "out", profile="paper", options=options, progress=False)
+    lines = {line["method"]: line for line in read_manifest(tmp_path / "out")}
+    assert set(lines) == {"sd", "ae", "st", "st+ae"}
+    assert all(line["weights"] == f"{tmp_path / 'sdxl'} [SDXL base 1.0]" for line in lines.values())
+    for settings in (lines["ae"]["config"], lines["st+ae"]["config"]["attend_excite"]):  # the defaults that ran
+        assert settings["attention_res"] == 8 and settings["normalize_eot"] is True  # a quarter of the 32 latent
+
+
+def test_missing_weights_are_named_as_what_they_look_like(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsNotFoundError, match=r"the folder weights \(no model_index.json there\)"):
+        paper_pipeline("./weights", torch.float32)  # not a valid repo id: a folder that does not exist
+    with pytest.raises(WeightsNotFoundError, match="no model_index.json for it in the cache, and no folder of that name"):
+        paper_pipeline("weights/sd14", torch.float32)  # either reading, both named
+    folder = save_folder(sdxl_pipeline(sample_size=16, vae_levels=2), tmp_path / "xl")
+    shutil.rmtree(folder / "text_encoder_2")
+    with pytest.raises(WeightsNotFoundError, match="lacks text_encoder_2/") as error:
+        paper_pipeline(folder, torch.float32)
+    assert "huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0" in str(error.value)  # SDXL, not v1.4
