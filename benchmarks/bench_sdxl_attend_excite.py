@@ -23,15 +23,13 @@ from __future__ import annotations
 import platform
 import time
 import weakref
-from contextlib import contextmanager, nullcontext
-from unittest import mock
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from counting import VARIANTS, SavedBytes, attention_path, storage_key  # benchmarks/counting.py, a sibling
 from fidelity_lib.report import write_benchmark_section
 
 SECTION = "bench_sdxl_attend_excite"
@@ -40,7 +38,6 @@ LATENT, TOKENS, AE_SIDE = 128, 77, 32  # 1024 / 8; CLIP context; A&E's map side 
 AE_BLOCKS = ("down_blocks.2.", "mid_block.", "up_blocks.0.")  # the 1280-channel level, at 32x32
 STEPS, GUIDED_STEPS, REFINEMENT_STEPS, MAX_REFINEMENT = 50, 25, (0, 10, 20), 20  # A&E config.py RunConfig defaults
 ASSUMED_TFLOPS = 400.0  # an assumption, not a measurement: sustained fp16 matmul throughput of one large GPU
-VARIANTS = ("math", "SDPA")
 
 
 def sdxl_modules() -> dict[str, torch.nn.Module]:
@@ -84,10 +81,6 @@ def ae_layers(unet: torch.nn.Module) -> list[str]:
     return sorted(names, key=lambda name: AE_BLOCKS.index(next(b for b in AE_BLOCKS if name.startswith(b))))
 
 
-def _key(tensor: torch.Tensor) -> int:
-    return tensor.untyped_storage()._cdata  # one id per storage, also on the meta device (views share it)
-
-
 class MapProcessor:
     """A&E's processor for one cross-attention layer: explicit softmax probabilities, kept with their graph."""
 
@@ -103,60 +96,6 @@ class MapProcessor:
         self.store.append(probs)
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         return attn.to_out[1](attn.to_out[0](hidden_states))
-
-
-def _efficient_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
-    """``F.scaled_dot_product_attention`` through the memory-efficient kernel (its meta implementation)."""
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    kernel = torch.ops.aten._scaled_dot_product_efficient_attention
-    return kernel(query, key, value, attn_mask, needs_grad, dropout_p, is_causal, scale=scale)[0]
-
-
-@contextmanager
-def attention_path(variant: str, *modules: torch.nn.Module):
-    """Every attention layer of ``modules`` on the math path (``AttnProcessor``) or on SDPA's efficient kernel."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    for module in modules:
-        module.set_attn_processor(AttnProcessor() if variant == "math" else AttnProcessor2_0())
-    patch = mock.patch.object(F, "scaled_dot_product_attention", _efficient_sdpa) if variant == "SDPA" else nullcontext()
-    with patch:
-        yield
-
-
-class SavedBytes:
-    """Storages autograd saves inside the context (each once; the frozen weights it references are left out)."""
-
-    def __init__(self, parameters) -> None:
-        self.weights = {_key(p) for p in parameters}
-        self.saved: dict[int, tuple[int, tuple[int, ...]]] = {}
-        self.weight_refs: dict[int, int] = {}  # frozen weights the graph keeps a reference to (no new memory)
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        size = tensor.untyped_storage().nbytes()
-        if _key(tensor) in self.weights:
-            self.weight_refs[_key(tensor)] = size
-        else:
-            self.saved[_key(tensor)] = (size, tuple(tensor.shape))
-        return tensor
-
-    def __enter__(self) -> SavedBytes:
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-
-    def split(self, maps: list[torch.Tensor]) -> dict[str, int]:
-        """Bytes in A&E's maps, in square self-attention maps [.., P, P] (P >= 1024), and in the rest."""
-        ae = {_key(m) for m in maps}
-        parts = {"total": 0, "A&E maps": 0, "self-attention maps": 0, "rest": 0, "weights": sum(self.weight_refs.values())}
-        for key, (size, shape) in self.saved.items():
-            square = len(shape) >= 2 and shape[-1] == shape[-2] >= 1024
-            parts["A&E maps" if key in ae else "self-attention maps" if square else "rest"] += size
-            parts["total"] += size
-        return parts
 
 
 class LivePeak(TorchDispatchMode):
@@ -176,9 +115,9 @@ class LivePeak(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        inputs = {storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for tensor in (t for t in tree_leaves(out) if isinstance(t, torch.Tensor)):
-            key = _key(tensor)
+            key = storage_key(tensor)
             if key not in self.live:
                 if key in inputs:
                     continue  # a view of, or an in-place op on, a tensor made outside the context
@@ -230,7 +169,7 @@ def guided_step(unet, variant: str, truncate: bool) -> dict:
         if hook is not None:
             hook.remove()
     assert len(maps) == len(layers), (len(maps), len(layers))  # every A&E layer ran and kept its map
-    return {"saved": saved.split(maps), "live_peak": live.peak,
+    return {"saved": saved.split(maps, "A&E maps"), "live_peak": live.peak,
             "forward_flops": forward.get_total_flops(), "backward_flops": backward.get_total_flops()}
 
 

@@ -5,7 +5,9 @@
 Each configuration runs once in a fresh subprocess (one thread): its time, and its peak resident memory above the
 resident memory once the models are built (``ru_maxrss``; glibc returns freed tensors to the system). A second part counts, on the meta device (no memory is
 allocated), the bytes autograd saves in one SD v1.4 UNet call and one VAE decode at 512x512 in fp16: the memory
-arithmetic behind the GPU configuration. Writes the "Spatial-temporal control" section of reports/benchmarks.md.
+arithmetic behind the GPU configuration, each storage once and the frozen weights left out, on the math and the SDPA
+attention paths (helpers in ``benchmarks/counting.py``). Writes the "Spatial-temporal control" section of
+reports/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from counting import VARIANTS, SavedBytes, attention_path  # benchmarks/counting.py, a sibling
 from fidelity_lib.report import write_benchmark_section
 
 PROMPT = "a cat to the left of a dog"
@@ -88,41 +91,32 @@ def _sd14_modules():
         clip = open_clip.model.CLIP(**open_clip.get_model_config("ViT-B-32"))
     return unet.requires_grad_(False), vae.requires_grad_(False), text_encoder, clip
 
-def _saved_bytes(function) -> tuple[int, int]:
-    """(all bytes autograd saves in ``function``, the part in square attention maps [.., P, P] with P >= 1024)."""
-    counts = [0, 0]
-
-    def pack(tensor):
-        size = tensor.numel() * tensor.element_size()
-        counts[0] += size
-        if tensor.ndim >= 2 and tensor.shape[-1] == tensor.shape[-2] >= 1024:
-            counts[1] += size
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+def _call_saved(function, variant: str, module: torch.nn.Module) -> dict:
+    """What autograd saves in ``function()`` with ``module``'s attention on ``variant``'s path: each storage once,
+    ``module``'s frozen weights left out (``counting.SavedBytes.split``), and the dtypes of the square maps."""
+    with attention_path(variant, module), SavedBytes(module.parameters()) as saved:
         function()
-    return counts[0], counts[1]
+    return {**saved.split(), "map_dtypes": sorted(str(d).removeprefix("torch.") for d in saved.map_dtypes())}
 
 def sd14_arithmetic() -> dict:
-    """Parameter bytes and per-call saved-activation bytes of SD v1.4 at 512x512 in fp16, counted on the meta device."""
+    """Parameter bytes and per-call saved-activation bytes of SD v1.4 at 512x512 in fp16, counted on the meta device,
+    on both attention paths (``counting.VARIANTS``)."""
     unet, vae, text_encoder, clip = _sd14_modules()
     latent = torch.randn(2, 4, 64, 64, device="meta", dtype=torch.float16, requires_grad=True)
     text = torch.randn(2, 77, 768, device="meta", dtype=torch.float16)
-    unet_saved, unet_maps = _saved_bytes(lambda: unet(latent, torch.tensor(981), encoder_hidden_states=text))
-    decoder_saved, decoder_maps = _saved_bytes(lambda: vae.decode(latent[:1]))
     parameters = {
         "unet": sum(p.numel() for p in unet.parameters()),
         "vae_decoder": sum(p.numel() for p in vae.decoder.parameters()) + sum(p.numel() for p in vae.post_quant_conv.parameters()),
         "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
         "clip_b32": sum(p.numel() for p in clip.parameters()),
     }
-    return {
-        "parameters": parameters,
-        "unet_saved": unet_saved,
-        "unet_maps": unet_maps,
-        "decoder_saved": decoder_saved,
-        "decoder_maps": decoder_maps,
-    }
+    result: dict = {"parameters": parameters}
+    for variant in VARIANTS:
+        result[variant] = {
+            "unet": _call_saved(lambda: unet(latent, torch.tensor(981), encoder_hidden_states=text), variant, unet),
+            "decoder": _call_saved(lambda: vae.decode(latent[:1]), variant, vae),
+        }
+    return result
 
 def _gb(value: float) -> str:
     return f"{value / 1e9:.2f} GB"
@@ -153,9 +147,8 @@ def markdown(rows: list[dict], steps: int, arithmetic: dict) -> str:
         )
     p = arithmetic["parameters"]
     weights = 2 * sum(p.values())
-    unet, unet_maps = arithmetic["unet_saved"], arithmetic["unet_maps"]
-    decoder = arithmetic["decoder_saved"]
-    flash_unet = unet - unet_maps
+    math, sdpa = arithmetic["math"], arithmetic["SDPA"]
+    peak = {v: weights + max(arithmetic[v]["unet"]["total"], arithmetic[v]["decoder"]["total"]) for v in VARIANTS}
     lines += [
         "",
         "Cost structure: a pass with gradients runs every UNet call forward, once more in backward when checkpointed "
@@ -165,22 +158,29 @@ def markdown(rows: list[dict], steps: int, arithmetic: dict) -> str:
         "",
         "### Memory arithmetic for SD v1.4, 512x512, fp16 (counted, not run on a GPU)",
         "",
-        "Bytes autograd saves, counted with `saved_tensors_hooks` on the meta device (`sd14_arithmetic()`; views are "
-        "counted again, so these are upper bounds):",
+        "Bytes autograd saves, counted with `saved_tensors_hooks` on the meta device (`sd14_arithmetic()`, helpers in "
+        "`benchmarks/counting.py`), each storage once (views share it); the frozen weights the graph keeps a reference "
+        f"to ({_gb(math['unet']['weights'])} in one UNet call, {_gb(math['decoder']['weights'])} in the decode) are "
+        "in the weights line and are not counted twice. Math attention = diffusers' `AttnProcessor` (explicit softmax "
+        "maps); SDPA = `AttnProcessor2_0` on SDPA's memory-efficient kernel (diffusers' default on GPU), which keeps "
+        "no maps (q, k, v, output, logsumexp):",
         "",
         f"- frozen fp16 weights: UNet {p['unet'] / 1e6:.1f} M, VAE decoder {p['vae_decoder'] / 1e6:.1f} M, text "
         f"encoder {p['text_encoder'] / 1e6:.1f} M, CLIP ViT-B/32 {p['clip_b32'] / 1e6:.1f} M parameters = "
         f"{_gb(weights)}; no gradients or Adam state for them (only W, objects x 50 floats, is trained);",
-        f"- one UNet call (CFG batch 2, latent 64x64): {_gb(unet)} saved, of which {_gb(unet_maps)} are attention "
-        f"maps of the math attention path; with SDPA's flash / memory-efficient kernels (diffusers' default on GPU, "
-        f"which keep no maps) {_gb(flash_unet)};",
-        f"- VAE decode with its graph: {_gb(decoder)} ({_gb(arithmetic['decoder_maps'])} in its mid-block attention map);",
-        f"- without checkpointing a pass keeps all 51 UNet calls: 51 x {_gb(flash_unet)} = {_gb(51 * flash_unet)} "
+        f"- one UNet call (CFG batch 2, latent 64x64): {_gb(math['unet']['total'])} saved with math attention, of "
+        f"which {_gb(math['unet']['self-attention maps'])} are square self-attention maps "
+        f"({', '.join(math['unet']['map_dtypes'])}); {_gb(sdpa['unet']['total'])} with SDPA;",
+        f"- VAE decode with its graph: {_gb(math['decoder']['total'])} with math attention "
+        f"({_gb(math['decoder']['self-attention maps'])} in its mid-block attention maps, "
+        f"{', '.join(math['decoder']['map_dtypes'])}), {_gb(sdpa['decoder']['total'])} with SDPA;",
+        f"- without checkpointing a pass keeps all 51 UNet calls: 51 x {_gb(sdpa['unet']['total'])} = "
+        f"{_gb(51 * sdpa['unet']['total'])} with SDPA "
         "(the original, with ldm's block checkpointing and unfrozen weights, reports about 48 GB);",
         "- with `torch.utils.checkpoint` around every UNet call and the decoder a pass keeps only each call's inputs "
         "and the PLMS history (51 x a few 64 KB latents, under 20 MB); backward recomputes one call at a time, so "
-        f"the peak is weights + max(one UNet call, the decoder) + CLIP = about {_gb(weights + max(flash_unet, decoder))} "
-        f"(with flash attention), {_gb(weights + max(unet, decoder))} with the math path.",
+        f"the peak is weights + max(one UNet call, the decoder) + CLIP = about {_gb(peak['SDPA'])} with SDPA, "
+        f"{_gb(peak['math'])} with the math path.",
         "",
         "Configuration under 16 GB on a GPU: fp16 weights (or `SpaceTimeConfig.autocast` on fp32 weights: then weights "
         f"take {_gb(2 * weights)}), all model parameters frozen, `checkpointing=True`, diffusers' default SDPA "
