@@ -73,6 +73,7 @@ def test_predictions_are_deterministic_and_sampling_needs_a_seed(synthetic):
     assert [p.name for p in predictor.predict(sentence)] == ["cat", "dog"]
 
 
+@pytest.mark.slow  # ~6-10 s with its fixture: kept out of the fast loop
 def test_cat_left_of_dog(left_right_predictor):
     cat, dog = left_right_predictor.predict("a cat to the left of a dog")
     assert (cat.name, dog.name) == ("cat", "dog")

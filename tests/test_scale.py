@@ -83,6 +83,7 @@ def _finished(out: Path) -> bool:
     return (out / MANIFEST_NAME).exists() and len(_manifest_keys(out)) == len(RECORDS) * len(SEEDS)
 
 
+@pytest.mark.slow  # ~6-10 s with its fixture: kept out of the fast loop
 def test_sigkill_at_random_points_then_resume(tmp_path, reference):
     """Ten SIGKILLs land while the job is unfinished; a job that completes between kills is checked and started over."""
     pipe = tiny_pipeline(seed=0)

@@ -163,6 +163,7 @@ def _saved_bytes(pipe, clip, steps: int, checkpointing: bool) -> int:
     return total
 
 
+@pytest.mark.slow  # ~6-10 s with its fixture: kept out of the fast loop
 def test_checkpointed_memory_stays_flat_when_steps_double(tiny_pipe, clip):
     checkpointed = {steps: _saved_bytes(tiny_pipe, clip, steps, True) for steps in (2, 4)}
     full = {steps: _saved_bytes(tiny_pipe, clip, steps, False) for steps in (2, 4)}

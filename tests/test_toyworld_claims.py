@@ -37,6 +37,7 @@ def test_nouns_attend_inside_their_objects(pipe):
     assert shares["16x16"] >= MIN_SHARE and shares["8x8"] >= MIN_SHARE
 
 
+@pytest.mark.slow  # ~6-10 s with its fixture: kept out of the fast loop
 def test_batched_attend_and_excite_is_per_image_attend_and_excite_on_the_toy_world(pipe):
     records = held_out("toy_ae_object_object", 4)
     prompts, indices, seeds = [r.prompt for r in records], [r.subject_token_indices for r in records], [100_000 + i for i in range(4)]
