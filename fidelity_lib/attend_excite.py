@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from fidelity_lib.conditioning import (
-    Conditioning, Pipeline, ae_attention_res, check_shared_positions, decode_latents, default_size, encode_prompts, model_family,
+    Conditioning, Pipeline, ae_attention_res, check_shared_positions, decode_latents, default_size, encode_prompts, latent_size,
+    model_family,
 )
 from fidelity_lib.prompts import (
     check_prompt,
@@ -144,12 +145,10 @@ def attention_layers(pipe: Pipeline, height: int, width: int, attention_res) -> 
     if attention_res is None:
         attention_res = ae_attention_res(pipe)
     scale = pipe.vae_scale_factor
-    latent_size = (height // scale, width // scale)
-    layers = cross_attention_layers(pipe.unet, latent_size)
+    layers = cross_attention_layers(pipe.unet, (height // scale, width // scale))
     if not isinstance(attention_res, int):
         return layers_at_resolution(layers, tuple(attention_res))
-    default = pipe.unet.config.sample_size
-    default = (default, default) if isinstance(default, int) else tuple(default)
+    default = latent_size(pipe)
     try:
         names = {layer.name for layer in layers_at_resolution(cross_attention_layers(pipe.unet, default), (attention_res,) * 2)}
     except ValueError as error:
@@ -359,7 +358,8 @@ def attend_and_excite_batch(
     if len(token_indices) != len(prompts):
         raise ValueError(f"Give one token-index tuple (or None) per prompt: {len(prompts)} prompts, {len(token_indices)} tuples.")
     subjects = [_prompt_subjects(pipe, prompt, indices) for prompt, indices in zip(prompts, token_indices)]
-    height, width = height or default_size(pipe)[0], width or default_size(pipe)[1]
+    default_height, default_width = default_size(pipe)
+    height, width = height or default_height, width or default_width
     check_image_size(height, width)
     device = pipe._execution_device
     do_cfg = guidance_scale > 1.0

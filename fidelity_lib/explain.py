@@ -58,11 +58,13 @@ def step_attention(
     branches: str = "conditional",
 ) -> list[StepMaps]:
     """Cross-attention maps of every layer at each recorded step; ``branches="both"`` gives the raw (uncond+cond) mean."""
+    if not recorded:
+        return []
     device = pipe._execution_device
+    size = tuple(side * pipe.vae_scale_factor for side in next(iter(recorded.values()))[1].shape[-2:])
+    conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, *size)
+    cfg_kwargs = unconditional.cat(conditioning).unet_kwargs()  # the CFG batch: unconditional row first
     results = []
-    if recorded:
-        size = tuple(side * pipe.vae_scale_factor for side in next(iter(recorded.values()))[1].shape[-2:])
-        conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, *size)
     for step, (timestep, latents) in sorted(recorded.items()):
         latents = latents.to(device)
         layers = cross_attention_layers(pipe.unet, tuple(latents.shape[-2:]))
@@ -70,7 +72,7 @@ def step_attention(
         with attention_hook(pipe.unet, layers, store):
             store.begin_forward(step, (False, True))
             latent_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), timestep.to(device))
-            pipe.unet(latent_input, timestep.to(device), **unconditional.cat(conditioning).unet_kwargs())
+            pipe.unet(latent_input, timestep.to(device), **cfg_kwargs)
         maps = {name: layer_maps.mean(dim=0)[0] for name, layer_maps in store.maps.items()}  # rows, then the head slot
         results.append(StepMaps(step, maps, dict(store.layers)))
     return results

@@ -171,12 +171,8 @@ def _missing_weights_message(repo_id: str, weights: str | os.PathLike | None, re
 OPTIONAL_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")  # the book loads SD without them
 
 
-def _missing_components(folder: Path) -> list[str]:
+def _missing_components(folder: Path, index: dict) -> list[str]:
     """Component folders model_index.json lists that the weights folder lacks (e.g. an interrupted download)."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        return [f"a readable model_index.json ({type(error).__name__})"]
     return [
         f"{name}/"
         for name, value in index.items()
@@ -217,9 +213,12 @@ def _model_index(weights: str | os.PathLike | None) -> tuple[str | Path, str, di
     folder = Path(weights).expanduser()
     if not (folder / "model_index.json").is_file():
         raise WeightsNotFoundError(_missing_weights_message(SD14_REPO_ID, folder, "no model_index.json there"))
-    missing = _missing_components(folder)
-    readable = not missing or missing[0].endswith("/")  # an unreadable index is reported as the one missing item
-    index = json.loads((folder / "model_index.json").read_text()) if readable else {}
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        index, missing = {}, [f"a readable model_index.json ({type(error).__name__})"]
+    else:
+        missing = _missing_components(folder, index)
     if missing:
         reason = f"the folder is incomplete, it lacks {', '.join(missing)}"
         raise WeightsNotFoundError(_missing_weights_message(_reference_repo(index), folder, reason))
