@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -22,8 +23,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def append_json_lines(path: Path, records: list[dict], sort_keys: bool = False) -> None:
-    """Append one JSON line per record and fsync; a line a kill cut short is ended first, so no record joins it."""
+    """Append one JSON line per record and fsync; a line a kill cut short is ended first, so no record joins it. An
+    exclusive lock keeps the lines of two processes appending to one file whole."""
     with open(path, "a+b") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
         file.seek(0, os.SEEK_END)
         if file.tell() > 0:
             file.seek(-1, os.SEEK_END)

@@ -77,35 +77,57 @@ def st_base(**changes) -> SpaceTimeConfig:
     )
 
 
+# Rescaled refinement for this world: the paper's checkpoints at steps 10 and 20 of 50 become 5 and 10 of 25, and its
+# required maxima (0.5, 0.8, tuned to SD's attention) are halved, since a toy noun's normalised max stays near 0.3-0.45
+# (docs/toyworld_calibration.md); at most 5 refinement iterations.
+TOY_THRESHOLDS = {0: 0.05, 5: 0.25, 10: 0.4}
+
+
+def ae_dose(scale: float, steps: int = 12, res: int = 16, refine: bool = False) -> AttendExciteConfig:
+    """A&E at one step size over the first ``steps`` of 25 steps, maps at ``res``, refinement off or rescaled."""
+    thresholds = TOY_THRESHOLDS if refine else {}
+    return AttendExciteConfig(
+        max_iter_to_alter=steps, thresholds=thresholds, scale_factor=scale, attention_res=res, max_refinement_steps=5
+    )
+
+
 AE_CANDIDATES = {
-    # The paper's settings as they are: all 25 steps altered, thresholds 0.05 / 0.5 / 0.8 at steps 0 / 10 / 20, 16x16.
+    # v3 calibration (216 dev pairs each, kept in the record): the paper's settings and step sizes 10-40.
     "ae-paper": (AttendExciteConfig(), "nouns"),
-    # Half the steps, as the paper's 25 of 50, no refinement (the paper's thresholds assume SD's attention scale).
     "ae-16-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}), "nouns"),
     "ae-8-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8), "nouns"),
     "ae-16-colours-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}), "colours-and-nouns"),
     "ae-8-colours-nouns": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8), "colours-and-nouns"),
     "ae-8-nouns-x2": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, attention_res=8, scale_factor=40.0), "nouns"),
-    # Gentler or shorter guidance: half the step size, or only the first quarter of the steps.
     "ae-16-colours-nouns-half": (AttendExciteConfig(max_iter_to_alter=HALF, thresholds={}, scale_factor=10.0), "colours-and-nouns"),
     "ae-16-colours-nouns-6": (AttendExciteConfig(max_iter_to_alter=6, thresholds={}), "colours-and-nouns"),
-    # Refinement with thresholds scaled to half the steps (step 0, 5, 10) and capped at 5 iterations.
     "ae-8-nouns-refine": (
         AttendExciteConfig(max_iter_to_alter=HALF, thresholds={0: 0.05, 5: 0.5, 10: 0.8}, attention_res=8, max_refinement_steps=5),
         "nouns",
     ),
+    # Dose-response (v4): the step size on a log range down to 1/20 of the paper's, nouns, 16x16, first 12 steps.
+    **{f"ae-dose-{scale:g}": (ae_dose(scale), "nouns") for scale in (1, 2, 3, 5, 10, 20)},
+    # Around the low doses: fewer or more steps altered, 8x8 maps, colours too, rescaled refinement.
+    **{f"ae-dose-{scale:g}-steps{steps}": (ae_dose(scale, steps=steps), "nouns") for scale in (2, 5) for steps in (4, 8)},
+    **{f"ae-dose-{scale:g}-8x8": (ae_dose(scale, res=8), "nouns") for scale in (2, 5)},
+    **{f"ae-dose-{scale:g}-colours": (ae_dose(scale), "colours-and-nouns") for scale in (2, 5)},
+    **{f"ae-dose-{scale:g}-refine": (ae_dose(scale, refine=True), "nouns") for scale in (2, 5)},
 }
 ST_CANDIDATES = {
+    # v3 calibration (60 dev pairs each, too few for the rule below; kept in the record).
     "st-official": (st_base(), 0.2),
     "st-convex": (st_base(combination="convex"), 0.2),
     "st-official-1pass": (st_base(passes=1), 0.2),
+    # Dose-response (v4): one pass (regional attention at the initial weights W = init / N, no CLIP update) ...
+    **{f"st-dose-{init:g}-1pass": (st_base(passes=1, weight_init=init), 0.2) for init in (0.5, 1, 1.5, 2.5, 5)},
+    # ... and the official three passes with CLIP optimisation, at the official and a tenfold learning rate (the
+    # official 0.005 moves each weight by about 0.01 over its two Adam updates), and the paper's convex form.
+    **{f"st-dose-{init:g}": (st_base(weight_init=init), 0.2) for init in (1.5, 2.5)},
+    **{f"st-dose-{init:g}-lr0.05": (st_base(weight_init=init, learning_rate=0.05), 0.2) for init in (1.5, 2.5)},
+    "st-convex-lr0.05": (st_base(combination="convex", learning_rate=0.05), 0.2),
 }
-# Chosen by best_candidate on the dev split (tests/test_toyworld_experiment.py checks it against calibrate_paired.csv).
-# On these weights, with a seed of its own for every dev pair, no A&E candidate raised dev presence by a margin whose
-# CI excludes zero: exciting colours and nouns at 16x16 over only the first 6 of 25 steps, without refinement, came
-# out highest (+2.8 points [0.0, +5.6] on 216 pairs); the paper's settings, 8x8 maps on the nouns, a doubled step and
-# refinement lowered it. st-official raised dev relation accuracy most (+20 [+5, +35] on 60 pairs; one pass: +16.7):
-# its held-out run costs ~4 s an image, and the held-out table also holds the one-pass setting's run.
+V4_AE = [name for name in AE_CANDIDATES if name.startswith("ae-dose-")]
+V4_ST = [name for name in ST_CANDIDATES if name.startswith("st-dose-") or name == "st-convex-lr0.05"]
 CHOSEN_AE = "ae-16-colours-nouns-6"
 CHOSEN_ST = "st-official"
 
@@ -114,17 +136,29 @@ SELECTION = {  # candidate family -> (dev set, metric it is chosen by)
     "ae": ("toy_ae_object_object", "all_present"),
     "st": ("toy_gpt", "relation_correct"),
 }
+# The v4 rule, fixed before the dose-response sweep ran: only candidates measured on at least MIN_DEV_PAIRS dev pairs
+# compete. A&E: the largest net paired gain in presence. ST: the largest paired gain in relation accuracy among the
+# candidates whose presence CI does not fall below PRESENCE_FLOOR (-3 points). Ties go to the cheaper candidate (fewer
+# ST passes), then to the one listed first.
+MIN_DEV_PAIRS = 200
+PRESENCE_FLOOR = -0.03
 
 
 def best_candidate(paired: pd.DataFrame, family: str) -> str:
-    """The rule CHOSEN_AE / CHOSEN_ST follow: the candidate with the largest dev paired difference over the baseline
-    on its family's set and metric (calibrate_paired.csv). A tie goes to the cheaper candidate (fewer ST passes),
-    then to the one listed first."""
+    """The candidate the v4 rule (above) picks from the dev paired differences (calibrate_paired.csv)."""
     set_name, metric = SELECTION[family]
     candidates = AE_CANDIDATES if family == "ae" else ST_CANDIDATES
-    rows = paired[(paired["set"] == set_name) & (paired["metric"] == metric) & paired["setting"].isin(candidates)]
+    on_set = paired[(paired["set"] == set_name) & paired["setting"].isin(candidates) & (paired["n_pairs"] >= MIN_DEV_PAIRS)]
+    rows = on_set[on_set["metric"] == metric]
+    if family == "st":
+        presence = on_set[on_set["metric"] == "all_present"].set_index("setting")["ci_low"]
+        rows = rows[rows["setting"].map(presence).fillna(-1.0) >= PRESENCE_FLOOR]
     if rows.empty:
-        raise ValueError(f"No dev measurement of any {family} candidate on {set_name}: run the calibration first.")
+        raise ValueError(
+            f"No {family} candidate on {set_name} has {MIN_DEV_PAIRS} dev pairs"
+            + (f" and a presence CI above {PRESENCE_FLOOR:+.0%}" if family == "st" else "")
+            + ": run python -m fidelity_lib.toyworld.experiment calibrate."
+        )
     order = {name: k for k, name in enumerate(candidates)}
     cost = {name: getattr(candidates[name][0], "passes", 0) for name in candidates}
     rows = rows.assign(order=rows["setting"].map(order), cost=rows["setting"].map(cost), difference=rows["difference"].round(9))
@@ -187,14 +221,15 @@ def st_setting(name: str, method: str = "st") -> Setting:
     return Setting(name if method == "st" else f"{name}+{CHOSEN_AE}", method, ae=ae, excite=toy_ae_excite(), st=config, layout_gap=gap)
 
 
-DEV_AE_PAIRS = 216  # 54 dev prompts x 4 seeds; batched A&E makes ~200 images in a few minutes
-DEV_ST_PAIRS = 60  # the 60 dev prompts x 1 seed: ST makes one image at a time (~4-7 s each on this CPU)
+DEV_AE_PAIRS = 216  # 54 dev prompts x 4 seeds; batched A&E makes ~200 images in a couple of minutes
+DEV_ST_PAIRS = 240  # the 60 dev prompts x 4 seeds: ST makes one image at a time (~0.8 s one pass, ~4.3 s three)
 
 
 def calibration_plan() -> Plan:
-    """Dev split: every A&E candidate on the toy object-object set, every ST candidate on the toy GPT set."""
-    jobs = [Job("toy_ae_object_object", setting, DEV_AE_PAIRS) for setting in (baseline(), *map(ae_setting, AE_CANDIDATES))]
-    jobs += [Job("toy_gpt", setting, DEV_ST_PAIRS) for setting in (baseline(), *map(st_setting, ST_CANDIDATES))]
+    """Dev split: the v4 dose-response candidates, A&E on the toy object-object set, then ST on the toy GPT set (one
+    pass first, the cheap coarse sweep, then three passes)."""
+    jobs = [Job("toy_ae_object_object", setting, DEV_AE_PAIRS) for setting in (baseline(), *map(ae_setting, V4_AE))]
+    jobs += [Job("toy_gpt", setting, DEV_ST_PAIRS) for setting in (baseline(), *map(st_setting, V4_ST))]
     return Plan("dev", jobs)
 
 

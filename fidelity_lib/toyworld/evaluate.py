@@ -108,13 +108,15 @@ def rate_table(frame: pd.DataFrame, column: str, by: list[str]) -> pd.DataFrame:
 
 
 def paired_difference(treated: pd.DataFrame, baseline: pd.DataFrame, column: str, resamples: int = 5000, seed: int = 0) -> dict:
-    """Mean paired difference (treated - baseline) over the same (prompt, seed) pairs, with a 95% bootstrap interval."""
+    """Mean paired difference (treated - baseline) over the same (prompt, seed) pairs, with a 95% bootstrap interval, and
+    its two parts: repairs (baseline failed, treated succeeded) and breakages (the reverse)."""
     joined = treated.merge(baseline, on=["prompt", "seed"], suffixes=("_treated", "_baseline"))
     differences = joined[f"{column}_treated"].astype(float).to_numpy() - joined[f"{column}_baseline"].astype(float).to_numpy()
     rng = np.random.default_rng(seed)
     means = rng.choice(differences, size=(resamples, len(differences))).mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return {"metric": column, "n_pairs": len(differences), "difference": float(differences.mean()), "ci_low": float(low), "ci_high": float(high)}
+    return {"metric": column, "n_pairs": len(differences), "difference": float(differences.mean()), "ci_low": float(low),
+            "ci_high": float(high), "repairs": int((differences > 0).sum()), "breakages": int((differences < 0).sum())}
 
 
 def relation_layout(prompt: str, gap: float = 0.2) -> list[ObjectPlacement]:

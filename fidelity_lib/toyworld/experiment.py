@@ -97,13 +97,13 @@ def run(pipe, set_name: str, setting: Setting, items, cache: Path, clip_model, b
             bar.update(len(chunk))
 
 
-METRICS = ("all_present", "relation_correct")
+METRICS = ("all_present", "all_objects", "relation_correct")
 
 
 def summarise(rows: pd.DataFrame, baseline_setting: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rates with Wilson intervals per set, setting and metric, and paired differences against ``baseline_setting``."""
     rates, differences = [], []
-    for metric in METRICS:
+    for metric in (name for name in METRICS if name in rows):
         rated = rows.dropna(subset=[metric])
         if rated.empty:
             continue
@@ -114,7 +114,7 @@ def summarise(rows: pd.DataFrame, baseline_setting: str) -> tuple[pd.DataFrame, 
                 continue
             difference = paired_difference(group, base, metric)
             differences.append({"set": set_name, "setting": setting, "method": group["method"].iloc[0]} | difference)
-    columns = ["set", "setting", "method", "metric", "n_pairs", "difference", "ci_low", "ci_high"]
+    columns = ["set", "setting", "method", "metric", "n_pairs", "difference", "ci_low", "ci_high", "repairs", "breakages"]
     return pd.concat(rates, ignore_index=True), pd.DataFrame(differences, columns=columns)
 
 
@@ -272,7 +272,9 @@ def read_results(name: str, folder: Path = RESULTS_DIR) -> tuple[pd.DataFrame, d
     return pd.read_csv(path), json.loads(provenance_path.read_text(encoding="utf-8"))
 
 
-METRIC_WORDS = {"all_present": "presence of every object", "relation_correct": "relation accuracy"}
+METRIC_WORDS = {
+    "all_present": "presence of every object", "all_objects": "colour+shape accuracy", "relation_correct": "relation accuracy",
+}
 
 
 def verdict(row: dict) -> str:
