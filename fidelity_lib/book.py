@@ -1,14 +1,22 @@
 """The book runner: sync the jupytext pairs, then run every notebook in number order with papermill.
 
     python -m fidelity_lib.book [--profile smoke|paper] [--only NAME] [--out reports/]
+    python -m fidelity_lib.book --profile paper --weights W --coco-dir C [--captioner transformers|lavis]
+                                [--scale paper|quick] [--out reports-paper/] [--check] [--rerun]
 
 Executed notebooks go to ``<out>/notebooks/``; the notebooks themselves write tables and figures under ``<out>/``.
 The run stops at the first failing notebook, keeps the failed executed notebook and prints its path.
+
+The paper profile first checks every component its chapters load (``fidelity_lib.preflight``) and stops, having
+written nothing, if one is missing (``--check``: only that). Each run parameter goes to every chapter whose parameters
+cell declares it, under the same name (``-p weights``, ``-p coco_dir``, ``-p captioner``, ``-p scale`` for papermill
+users). A paper run resumes: a chapter that finished with the same parameters is not run again (``--rerun`` runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -24,8 +32,9 @@ REPORTS_DIR = REPO_ROOT / "reports"
 KERNEL_NAME = "fidelity-book"
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
 SMOKE_THREADS = 1  # torch threads of every non-paper chapter kernel (kernel_threads)
-# What the book passes to a chapter beyond profile and reports_dir: chapter 4 scores every set of the papers' tables
-# (on the toy world, their toy counterparts) with all four methods, so that chapter 5 can rebuild those tables.
+# What the book passes to a chapter beyond profile, reports_dir and the run's parameters: chapter 4 scores every set
+# of the papers' tables (on the toy world, their toy counterparts) with all four methods, so that chapter 5 can
+# rebuild those tables.
 CHAPTER_PARAMETERS = {
     "04_eval": {
         "dataset": ["ae_animal_animal", "ae_animal_object", "ae_object_object", "gpt", "mscoco"],
@@ -33,6 +42,15 @@ CHAPTER_PARAMETERS = {
         "limit": 2,  # prompts per set when images are missing: those of chapter 2, so only new sets cost images
     },
 }
+# The paper book: chapter 4 scores all six sets, each with the prompts and seeds chapter 2 made at the run's scale.
+PAPER_CHAPTER_PARAMETERS = {
+    "04_eval": {
+        "dataset": ["ae_animal_animal", "ae_animal_object", "ae_object_object", "gpt", "mscoco", "vsr"],
+        "methods": ["sd", "ae", "st", "st+ae"],
+        "limit": None,
+    },
+}
+TOY_ONLY_CHAPTERS = ("00_toyworld",)  # the toy world's own chapter: not part of the paper book
 
 
 class NotebookFailed(RuntimeError):
@@ -143,26 +161,72 @@ def kernel_threads(threads: int | None) -> Iterator[None]:
         del os.environ["OMP_NUM_THREADS"]
 
 
+def declared_parameters(notebook: Path) -> set[str]:
+    """The names a notebook's parameters cell assigns."""
+    import ast
+
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    source = next((cell.source for cell in cells if "parameters" in cell.get("metadata", {}).get("tags", [])), "")
+    return {target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
+def chapter_parameters(notebook: Path, profile: str, out: Path, run_parameters: dict) -> dict:
+    """What a chapter gets: profile, reports_dir, the book's own settings for it, and the run parameters it declares."""
+    own = (PAPER_CHAPTER_PARAMETERS if profile == "paper" else CHAPTER_PARAMETERS).get(notebook.stem, {})
+    declared = declared_parameters(notebook)
+    passed = {name: value for name, value in run_parameters.items() if name in declared}
+    return {**own, "profile": profile, "reports_dir": str(out), **passed}
+
+
+def done_record(out: Path, notebook: Path) -> Path:
+    """Where a paper run notes that a chapter finished, with its parameters."""
+    return out / "notebooks" / f"{notebook.stem}.done.json"
+
+
 def run_book(
     profile: str = "smoke",
     out: Path = REPORTS_DIR,
     only: str | None = None,
     notebooks_dir: Path = NOTEBOOKS_DIR,
     extra_parameters: dict | None = None,
+    rerun: bool = False,
 ) -> list[NotebookRun]:
-    """Run the book's notebooks in order; raise NotebookFailed at the first failure."""
+    """Run the book's notebooks in order; raise NotebookFailed at the first failure.
+
+    A paper run skips a chapter whose done record (``<out>/notebooks/<chapter>.done.json``) holds the same parameters,
+    unless ``rerun``; the smoke book always runs every chapter (its outputs are committed and must be rebuilt)."""
+    from fidelity_lib.files import atomic_write_bytes
+
     out = Path(out).resolve()
     sync_pairs(notebooks_dir)
-    parameters = {"profile": profile, "reports_dir": str(out), **(extra_parameters or {})}
     runs = []
     with kernel_threads(None if profile == "paper" else SMOKE_THREADS):
         for notebook in book_notebooks(notebooks_dir, only):
+            if profile == "paper" and notebook.stem in TOY_ONLY_CHAPTERS:
+                print(f"[book] {notebook.name} skipped: it is the toy world's chapter, not part of the paper book", flush=True)
+                continue
+            chapter = chapter_parameters(notebook, profile, out, extra_parameters or {})
+            record = done_record(out, notebook)
+            if profile == "paper" and not rerun and record.is_file() and json.loads(record.read_text()) == chapter:
+                print(f"[book] {notebook.name} already done with these parameters ({record}); --rerun runs it again", flush=True)
+                continue
             print(f"[book] {notebook.name} (profile={profile}) ...", flush=True)
-            chapter = {**CHAPTER_PARAMETERS.get(notebook.stem, {}), **parameters}
             run = run_notebook(notebook, out / "notebooks" / notebook.name, chapter)
+            if profile == "paper":
+                atomic_write_bytes(record, json.dumps(chapter, indent=1, sort_keys=True).encode())
             print(f"[book] {notebook.name} done in {run.seconds:.0f} s -> {run.executed_path}", flush=True)
             runs.append(run)
     return runs
+
+
+def local_path(value: str | None) -> str | None:
+    """An existing path made absolute (the chapters run in notebooks/), anything else (a repo id, None) as it is."""
+    if value is None or not Path(value).expanduser().exists():
+        return value
+    return str(Path(value).expanduser().resolve())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,10 +235,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="run only the notebooks whose name contains this")
     parser.add_argument("--out", type=Path, default=REPORTS_DIR, help="where reports go (default: reports/)")
     parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
+    paper = parser.add_argument_group("paper profile")
+    paper.add_argument("--weights", help="Stable Diffusion folder or cached repo id (default CompVis/stable-diffusion-v1-4)")
+    paper.add_argument("--coco-dir", help="folder holding annotations/captions_train2017.json and instances_train2017.json")
+    paper.add_argument("--captioner", choices=("transformers", "lavis"), default="transformers",
+                       help="BLIP captioner: transformers' (default) or A&E's own LAVIS (make lavis)")
+    paper.add_argument("--scale", choices=("paper", "quick"), default="paper",
+                       help="paper: the papers' sets, seeds, steps and sizes; quick: a few images per set (rehearsal)")
+    paper.add_argument("--check", action="store_true", help="only check that every component is there, then exit")
+    paper.add_argument("--rerun", action="store_true", help="run chapters again that a paper run already finished")
     args = parser.parse_args(argv)
+    if args.profile != "paper" and (args.check or args.weights or args.coco_dir or args.scale != "paper"):
+        parser.error("--weights, --coco-dir, --scale and --check belong to --profile paper")
     start = time.perf_counter()
+    run_parameters = {}
+    if args.profile == "paper":
+        from fidelity_lib.preflight import MissingComponentsError, check_paper_run
+
+        try:
+            check_paper_run(args.weights, args.coco_dir, args.captioner)
+        except MissingComponentsError as missing:
+            print(f"[book] preflight FAILED, nothing was run or written:\n{missing}", file=sys.stderr)
+            return 2
+        if args.check:
+            print("[book] preflight passed: every component the paper book loads is there.")
+            return 0
+        run_parameters = {"weights": local_path(args.weights), "coco_dir": local_path(args.coco_dir), "captioner": args.captioner,
+                          "scale": args.scale}
     try:
-        runs = run_book(args.profile, args.out, args.only, args.notebooks)
+        runs = run_book(args.profile, args.out, args.only, args.notebooks, run_parameters, rerun=args.rerun)
     except NotebookFailed as failure:
         print(f"[book] FAILED: {failure}", file=sys.stderr)
         return 1

@@ -7,15 +7,15 @@ held-out prompts and seeds with the settings chosen on the toy world's developme
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from fidelity_lib.attend_excite import AttendExciteConfig
-from fidelity_lib.datasets import TOY_SETS, TOY_SPLIT_SEEDS, PromptRecord, book_records, load_prompt_set
+from fidelity_lib.datasets import AE_SETS, ST_SETS, TOY_AE_SETS, TOY_SETS, TOY_SPLIT_SEEDS, PromptRecord, book_records, load_prompt_set
 from fidelity_lib.generate import GenerationOptions, read_manifest
-from fidelity_lib.layout import CocoFilter, TrainConfig, write_synthetic_coco
+from fidelity_lib.layout import CocoFilter, LayoutPredictor, TrainConfig, load_layouts, write_synthetic_coco
 from fidelity_lib.report import Provenance
 from fidelity_lib.toyworld.calibration import STEPS as TOY_STEPS
 from fidelity_lib.toyworld.calibration import toy_generation
@@ -23,6 +23,109 @@ from fidelity_lib.toyworld.calibration import toy_generation
 # At most this many steps for a chapter's part in the tiny profile, whatever was asked: each spatial-temporal image
 # costs about ten plain samplings, so chapter 2's spatial-temporal part runs at most 4.
 TINY_STEP_CAPS = {"02_generate_st": 4}
+
+
+@dataclass(frozen=True)
+class PaperScale:
+    """What the paper book makes at one scale: prompts and seeds per set, denoising steps, image size, layout epochs."""
+
+    name: str
+    ae_prompts: int | None  # prompts per A&E set; None: all (66 + 144 + 66)
+    ae_seeds: tuple[int, ...]  # A&E: run.py --seeds, 64 seeds per prompt in the paper
+    st_prompts: int | None  # prompts per ST set (gpt, mscoco, vsr); None: all 500
+    st_seeds: tuple[int, ...]  # ST: txt2img-gpt.py --seed 1, one image per prompt
+    steps: int  # both papers: 50 PNDM steps
+    image_size: int | None  # None: the model's default (512 on SD v1.4)
+    layout_epochs: int  # the official LT/ EPOCHS = 100
+
+    def describe(self) -> str:
+        """One line for every artefact's provenance: what this scale makes, and what it cuts from the papers' runs."""
+        cuts = [] if self.name == "paper" else [f"{self.steps} of 50 steps", f"{self.image_size or 'default'} px",
+                                                f"{self.layout_epochs} of 100 layout epochs"]
+        counts = (f"A&E sets: {self.ae_prompts or 'all'} prompts x seeds {seed_text(self.ae_seeds)}; "
+                  f"gpt/mscoco/vsr: {self.st_prompts or 'all'} prompts x seed {seed_text(self.st_seeds)}")
+        return f"scale {self.name} ({counts}" + (f"; cut: {', '.join(cuts)})" if cuts else ")")
+
+
+def seed_text(seeds: Sequence[int]) -> str:
+    """'0-63', or '1', or '0,5'."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+PAPER_SCALES = {
+    "paper": PaperScale("paper", None, tuple(range(64)), None, (1,), 50, None, 100),
+    # a CPU rehearsal on random-weight stand-ins (make rehearse): every chapter, set and method, a few images each
+    "quick": PaperScale("quick", 2, (0, 1), 2, (1,), 2, 256, 1),
+}
+
+
+def paper_scale(name: str) -> PaperScale:
+    """PAPER_SCALES[name], or a ValueError naming the scales."""
+    if name not in PAPER_SCALES:
+        raise ValueError(f"Unknown scale {name!r}: choose one of {', '.join(PAPER_SCALES)}.")
+    return PAPER_SCALES[name]
+
+
+@dataclass(frozen=True)
+class GenerationPart:
+    """Some sets' first ``limit`` prompts, made with ``methods`` from ``seeds``."""
+
+    sets: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    limit: int | None
+
+
+METHODS = ("sd", "ae", "st", "st+ae")
+
+
+def paper_parts(scale: PaperScale) -> list[GenerationPart]:
+    """The paper book's images: the A&E sets with A&E's seeds, gpt/mscoco/vsr with ST's seed, every method on each."""
+    return [
+        GenerationPart(tuple(AE_SETS), METHODS, scale.ae_seeds, scale.ae_prompts),
+        GenerationPart(ST_SETS, METHODS, scale.st_seeds, scale.st_prompts),
+    ]
+
+
+def set_part(set_name: str, scale: PaperScale) -> GenerationPart:
+    """The part of the paper book that makes ``set_name``'s images."""
+    for part in paper_parts(scale):
+        if set_name in part.sets:
+            return part
+    raise ValueError(f"{set_name!r} is in no paper-book part: the paper book makes {', '.join((*AE_SETS, *ST_SETS))}.")
+
+
+def generation_parts(
+    resolved_profile: str, scale: PaperScale, seeds: Sequence[int] | None = None, limit: int | None = None
+) -> list[GenerationPart]:
+    """Chapter 2's images. Paper: paper_parts(scale). Toy: its A&E sets with sd and ae on 4 held-out seeds and st, st+ae
+    on 2; its relation set with sd, st and st+ae on 4 sentences and 2 seeds. Tiny: one prompt per A&E set, two relation
+    sentences, one seed for ST. ``seeds`` and ``limit`` replace every part's own."""
+    if resolved_profile == "paper":
+        parts = paper_parts(scale)
+    else:
+        toy = resolved_profile == "toy"
+        own = tuple(chapter_seeds(resolved_profile, 4 if toy else 2))
+        ae_sets = TOY_AE_SETS if toy else tuple(AE_SETS)
+        relation = "toy_gpt" if toy else "gpt"
+        st_seeds = own[:2] if toy else own[:1]
+        parts = [GenerationPart(ae_sets, ("sd", "ae"), own, 2 if toy else 1)]
+        parts += [GenerationPart(ae_sets, ("st", "st+ae"), own[:2], 2)] if toy else []
+        parts += [GenerationPart((relation,), ("sd", "st", "st+ae"), st_seeds, 4 if toy else 2)]
+    return [replace(part, seeds=tuple(seeds or part.seeds), limit=limit or part.limit) for part in parts]
+
+
+def eval_set_images(
+    set_name: str, resolved_profile: str, scale: PaperScale, limit: int | None, seeds: Sequence[int] | None
+) -> tuple[int | None, Sequence[int]]:
+    """Chapter 4's (prompt limit, seeds) for a set: paper: ``limit``/``seeds`` or its part of chapter 2 at ``scale``;
+    else ``limit`` (default 3) and ``seeds``."""
+    if resolved_profile != "paper":
+        return limit or 3, seeds
+    part = set_part(set_name, scale)
+    return limit or part.limit, seeds or part.seeds
 
 
 def chapter_seeds(resolved_profile: str, count: int, paper_count: int = 64) -> list[int]:
@@ -42,14 +145,26 @@ def chapter_steps(resolved_profile: str, tiny_steps: int = 10, chapter: str | No
 
 
 def generation_inputs(
-    records: list[PromptRecord], resolved_profile: str, steps: int
+    records: list[PromptRecord], resolved_profile: str, steps: int, image_size: int | None = None,
+    layouts_dir: Path | None = None,
 ) -> tuple[list[PromptRecord], GenerationOptions]:
     """The records and generator options of a profile: the toy world's chosen settings (toyworld.calibration), batched,
-    on toy records; otherwise the papers' defaults with ``steps``, one image per call."""
+    on toy records; otherwise the papers' defaults with ``steps`` and ``image_size``, one image per call, and ST's layouts
+    and predictor from ``layouts_dir`` (chapter 1's output of this run) where it has them."""
     if resolved_profile == "toy":
         records, options = toy_generation(records)
         return records, replace(options, steps=steps)
-    return records, GenerationOptions(steps=steps)
+    options = GenerationOptions(steps=steps, image_size=image_size)
+    if layouts_dir is None:
+        return records, options
+    layouts = {}
+    for set_name in dict.fromkeys(record.set_name for record in records):
+        if (layouts_dir / f"{set_name}.json").is_file():
+            written_for, set_layouts = load_layouts(set_name, layouts_dir)
+            layouts |= set_layouts if written_for == resolved_profile else {}
+    predictor_dir = layouts_dir / f"predictor-{resolved_profile}"
+    predictor = LayoutPredictor.load(predictor_dir) if predictor_dir.is_dir() else None
+    return records, replace(options, layouts=layouts, layout_predictor=predictor)
 
 
 def explain_inputs(

@@ -33,7 +33,7 @@ from fidelity_lib.toyworld.detector import ToyDetector
 from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_available
 
 
-CAPTIONERS = ("blip", "lavis")  # transformers BLIP (the default), or LAVIS itself in its own environment
+CAPTIONERS = ("transformers", "lavis")  # transformers BLIP (the default), or LAVIS itself in its own environment
 
 
 def resolve_profile(profile: str) -> str:
@@ -91,7 +91,7 @@ def load_metric_clip(profile: str = "smoke", weights: str | os.PathLike | None =
 
 
 def load_captioner(
-    profile: str = "smoke", weights: str | os.PathLike | None = None, device=None, captioner: str = "blip"
+    profile: str = "smoke", weights: str | os.PathLike | None = None, device=None, captioner: str = "transformers"
 ) -> Captioner:
     """paper: BLIP base from a local folder or the HF cache; toy: the toy world's trained BLIP; tiny: a random BLIP.
 

@@ -80,6 +80,7 @@ class GenerationOptions:
     guidance_scale: float = 7.5
     token_indices: tuple[int, ...] | None = None  # overrides the prompt set's subject indices
     batch_size: int = 1  # images per call of a method that has a batched form (BATCHED_METHODS)
+    image_size: int | None = None  # square image side; None: the model's default (512 SD 1.x, 768 768-v, 1024 SDXL)
     ae_config: AttendExciteConfig = field(default_factory=AttendExciteConfig)  # the ae and st+ae methods' A&E settings
     st_config: SpaceTimeConfig | None = None  # st and st+ae settings (None: SpaceTimeConfig()); steps and guidance from above
     layouts: Mapping[str, Sequence[ObjectPlacement]] | None = None  # stated layouts by prompt, used before the shipped ones
@@ -140,8 +141,10 @@ def generate_sd_batch(pipe: Pipeline, items: Sequence[tuple[PromptRecord, int]],
         num_inference_steps=options.steps,
         guidance_scale=options.guidance_scale,
         generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in items],
+        height=options.image_size,
+        width=options.image_size,
     ).images
-    config = {"num_inference_steps": options.steps, "guidance_scale": options.guidance_scale}
+    config = {"num_inference_steps": options.steps, "guidance_scale": options.guidance_scale, "image_size": options.image_size}
     return [Generated(image, config) for image in images]
 
 
@@ -165,8 +168,11 @@ def generate_ae_batch(pipe: Pipeline, items: Sequence[tuple[PromptRecord, int]],
         config=config,
         num_inference_steps=options.steps,
         guidance_scale=options.guidance_scale,
+        height=options.image_size,
+        width=options.image_size,
     )
-    settings = {"num_inference_steps": options.steps, "guidance_scale": options.guidance_scale, **asdict(config)}
+    settings = {"num_inference_steps": options.steps, "guidance_scale": options.guidance_scale,
+                "image_size": options.image_size, **asdict(config)}
     return [Generated(result.image, settings, result.manifest_extras()) for result in results]
 
 
@@ -184,9 +190,9 @@ def _generate_spacetime(pipe, record: PromptRecord, seed: int, options: Generati
     indices = options.token_indices or record.subject_token_indices or None
     result = spacetime_generate(
         pipe, record.prompt, layout, seed=seed, config=config, clip_model=options.loss_clip, method=method,
-        predictor=options.layout_predictor, token_indices=indices,
+        predictor=options.layout_predictor, token_indices=indices, image_size=options.image_size,
     )
-    settings = asdict(config)
+    settings = asdict(config) | {"image_size": options.image_size}
     if method == "st":
         settings.pop("attend_excite")  # st runs no A&E
     return Generated(result.image, settings, result.manifest_extras())

@@ -31,11 +31,11 @@ from diffusers.models.attention_processor import Attention
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.checkpoint import checkpoint
 
-from fidelity_lib.attend_excite import AttendExciteConfig, AttendExciteGuidance, eot_ends
+from fidelity_lib.attend_excite import AttendExciteConfig, AttendExciteGuidance, check_image_size, eot_ends
 from fidelity_lib.attention import CrossAttentionLayer, attention_hook, attention_processors, cross_attention_layers
 from fidelity_lib.clip import ClipModel
 from fidelity_lib.conditioning import (
-    Conditioning, Pipeline, decode_latents, decodes_in_fp32, default_size, encode_prompts, fp32_vae, latent_size,
+    Conditioning, Pipeline, decode_latents, decodes_in_fp32, default_size, encode_prompts, fp32_vae,
 )
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
 from fidelity_lib.prompts import check_token_indices, subject_token_indices
@@ -319,9 +319,9 @@ class _Guidance:
     """Attend-and-Excite's latent update (AttendExciteGuidance), applied as a constant shift so that W's gradient flows past it."""
 
     def __init__(
-        self, pipe: Pipeline, prompt: str, conditioning: Conditioning, num_timesteps: int, token_indices, config: AttendExciteConfig
+        self, pipe: Pipeline, prompt: str, conditioning: Conditioning, num_timesteps: int, token_indices,
+        config: AttendExciteConfig, height: int, width: int,
     ):
-        height, width = default_size(pipe)
         if token_indices is None:
             token_indices = subject_token_indices(pipe.tokenizer, prompt)
         token_indices = check_token_indices(pipe.tokenizer, prompt, token_indices)
@@ -407,18 +407,22 @@ def spacetime_generate(
     method: str = "st",
     predictor: LayoutPredictor | None = None,
     token_indices: Sequence[int] | None = None,
+    image_size: int | None = None,
 ) -> SpaceTimeResult:
     """One image with spatial-temporal control (``method="st+ae"``: plus Attend-and-Excite guidance in the same run).
 
     ``layout`` None asks ``predictor`` (see predict_layout); ``clip_model`` is the loss's CLIP (the paper's ViT-B/32:
     ``components.load_loss_clip``). ``token_indices`` are A&E's subjects (st+ae; None: the prompt's nouns) and
     ``config.attend_excite`` its settings, the same AttendExciteConfig the ``ae`` method takes. An empty layout gives
-    plain SD with ``fallback=True`` and a SpaceTimeFallbackWarning.
+    plain SD with ``fallback=True`` and a SpaceTimeFallbackWarning. ``image_size`` is the square image side (None: the
+    model's default size).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     start = time.perf_counter()
     layout = list(layout) if layout is not None else predict_layout(prompt, predictor)
+    height, width = (image_size, image_size) if image_size else default_size(pipe)
+    check_image_size(height, width)
     if not layout:
         warnings.warn(f"No object in the layout of {prompt!r}: plain Stable Diffusion.", SpaceTimeFallbackWarning, stacklevel=2)
         image = pipe(
@@ -426,12 +430,13 @@ def spacetime_generate(
             num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale,
             generator=torch.Generator("cpu").manual_seed(seed),
+            height=height,
+            width=width,
         ).images[0]
         return SpaceTimeResult(image, [], seconds=time.perf_counter() - start, method=method, fallback=True)
 
     device = pipe._execution_device
-    latent = latent_size(pipe)
-    height, width = default_size(pipe)
+    latent = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     conditioning, unconditional = encode_prompts(pipe, [prompt], device, True, height, width)
     local_texts = [config.local_prompt.format(placement.phrase) for placement in layout]
     local_embeds = encode_prompts(pipe, local_texts, device, False, height, width)[0].embeds  # SDXL: both encoders
@@ -448,7 +453,9 @@ def spacetime_generate(
     pipe.scheduler.set_timesteps(config.num_inference_steps, device=device)
     guidance = None
     if method == "st+ae":
-        guidance = _Guidance(pipe, prompt, conditioning, len(pipe.scheduler.timesteps), token_indices, config.attend_excite)
+        guidance = _Guidance(
+            pipe, prompt, conditioning, len(pipe.scheduler.timesteps), token_indices, config.attend_excite, height, width
+        )
     hook = attention_hook(pipe.unet, guidance.layers, guidance.store) if guidance is not None else nullcontext()
     blocks = block_checkpointing(pipe.unet, config.block_checkpointing)
     encoders = [module for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if module is not None]

@@ -38,7 +38,8 @@
 profile = "smoke"
 reports_dir = "../reports"
 coco_dir = None
-epochs = None  # None: 15 in smoke, 100 in paper (the official EPOCHS)
+scale = "paper"  # paper profile: "paper" (100 epochs, the official EPOCHS) or "quick" (a CPU rehearsal: 1 epoch)
+epochs = None  # None: 15 in smoke, the scale's in paper
 
 # %%
 import tempfile
@@ -48,8 +49,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from fidelity_lib.chapters import layout_training_setup
-from fidelity_lib.datasets import load_prompt_set
+from fidelity_lib.chapters import layout_training_setup, paper_scale
+from fidelity_lib.datasets import PAPER_SET_NAMES, ST_SETS, load_prompt_set
 from fidelity_lib.layout import (
     LayoutPredictor, NoObjectWarning, coco_examples, draw_layouts, evaluate_predictor, gpt_examples, split_examples,
     train, write_layouts,
@@ -62,6 +63,7 @@ layouts_dir = reports / "layouts"  # under reports/ (the generator reads the rep
 (reports / "figures").mkdir(parents=True, exist_ok=True)
 work = Path(tempfile.mkdtemp(prefix="layout_"))
 # paper: COCO 2017 from coco_dir, checkpoints kept under layouts/; smoke: a generated COCO-format set in work/
+epochs = epochs or (paper_scale(scale).layout_epochs if profile == "paper" else None)
 source, rules, config, checkpoints, data_name = layout_training_setup(profile, coco_dir, epochs, work, layouts_dir)
 coco, categories = coco_examples(source, rules=rules)
 coco_train, coco_val = split_examples(coco)
@@ -80,6 +82,7 @@ else:
     predictor = LayoutPredictor.tiny(texts, profile=profile, hidden_size=32)
 predictor, history = train(predictor, coco_train + gpt_train, config, checkpoint_dir=checkpoints)
 weights_line = f"profile={profile}, encoder={predictor.config.weights}, epochs={config.epochs}, trained on {data_name} + GPT"
+weights_line += f"; {paper_scale(scale).describe()}" if profile == "paper" else ""
 history.tail()
 
 # %% [markdown]
@@ -111,12 +114,13 @@ plt.show()
 # ## Layouts for the spatial-temporal chapter
 # `reports/layouts/<set>.json` maps every prompt to its objects and centres, with the profile, so a smoke layout is never
 # mistaken for a paper one. Prompts with no recognisable object get an empty list (generation falls back to plain SD).
+# The paper book runs ST on every set, so it writes the layouts of the A&E sets too.
 
 # %%
 rows = []
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", NoObjectWarning)
-    for set_name in ("gpt", "mscoco", "vsr"):
+    for set_name in PAPER_SET_NAMES if profile == "paper" else ST_SETS:
         path = write_layouts(predictor, set_name, weights=weights_line, folder=layouts_dir)
         content = pd.read_json(path, typ="series")
         rows.append({"set": set_name, "prompts": len(content["layouts"]), "empty": content["empty"], "file": str(path.relative_to(reports))})

@@ -25,8 +25,10 @@
 # python -m fidelity_lib.generate --method ae --prompts ae_animal_animal --seeds 0-63 --out reports/images/paper --profile paper --weights ~/weights/stable-diffusion-v1-4
 # ```
 #
-# Runs resume: an image that decodes and has its manifest line is never made twice. **paper** generates all 276 A&E
-# prompts x 64 seeds with 50 PNDM steps. The smoke profile runs on the toy world (chapter 0), which knows only coloured
+# Runs resume: an image that decodes and has its manifest line is never made twice. **paper** (`scale="paper"`) makes
+# what both papers made, with 50 PNDM steps: the 276 A&E prompts x seeds 0-63, and the 500 prompts of each of gpt,
+# mscoco and vsr with seed 1, one image per prompt as the official ST scripts do, each with `sd`, `ae`, `st` and
+# `st+ae`; `scale="quick"` makes a few of each on a CPU (`fidelity_lib.chapters.PAPER_SCALES`). The smoke profile runs on the toy world (chapter 0), which knows only coloured
 # shapes, so every paper set is replaced by its toy counterpart (`datasets.set_for_profile`: the A&E sets by
 # shapes-only, shape-and-coloured-shape and two-coloured-shape pairs, GPT by toy relation sentences), on held-out
 # prompts and seeds, with the settings chosen for the toy world on its development split (`toyworld.calibration`).
@@ -36,16 +38,17 @@
 profile = "smoke"
 reports_dir = "../reports"
 weights = None  # paper: a Stable Diffusion folder or repo id in the local Hugging Face cache
-seeds = None  # None: "0-63" (paper), the first 4 held-out seeds (toy), "0-1" (tiny)
-limit = None  # prompts per set; None: all (paper), 2 (toy; 4 of the relation set), 1 (tiny; 2 of it)
-steps = None  # denoising steps; None: 50 (paper), 25 (toy: what its settings were chosen for), 10 (tiny)
+scale = "paper"  # paper profile: "paper" (the papers' sets, seeds and steps) or "quick" (a few images, CPU rehearsal)
+seeds = None  # None: the scale's (paper: 0-63 on the A&E sets, 1 on gpt/mscoco/vsr), 4 held-out seeds (toy), "0-1" (tiny)
+limit = None  # prompts per set; None: the scale's (paper: all), 2 (toy; 4 of the relation set), 1 (tiny; 2 of it)
+steps = None  # denoising steps; None: the scale's (paper: 50), 25 (toy: what its settings were chosen for), 10 (tiny)
 images_dir = None  # None: <reports_dir>/images/<resolved profile>, which chapter 4 reads
 
 # %%
 from fidelity_lib.book import check_parameters
 
 check_parameters(
-    globals(), profile=str, reports_dir=str, weights=(str, None), seeds=(str, None), limit=(int, None),
+    globals(), profile=str, reports_dir=str, weights=(str, None), scale=str, seeds=(str, None), limit=(int, None),
     steps=(int, None), images_dir=(str, None),
 )
 
@@ -53,7 +56,7 @@ check_parameters(
 from pathlib import Path
 
 import fidelity_lib
-from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs
+from fidelity_lib.chapters import chapter_steps, generation_inputs, generation_parts, paper_scale
 from fidelity_lib.components import load_pipeline, resolve_profile
 from fidelity_lib.datasets import AE_SETS, book_records, set_for_profile
 from fidelity_lib.generate import generate, parse_seeds, read_manifest
@@ -61,39 +64,40 @@ from fidelity_lib.report import Provenance, save_figure
 
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir  # relative paths mean the same folder whatever the working directory
-resolved = resolve_profile(profile)
-paper, toy = resolved == "paper", resolved == "toy"
-seeds = parse_seeds(seeds) if seeds else chapter_seeds(resolved, 4 if toy else 2)
-st_limit = limit if limit is not None else (None if paper else 4 if toy else 2)  # relation prompts (below)
-limit = limit if limit is not None else (None if paper else 2 if toy else 1)
-steps = steps or chapter_steps(resolved)
+resolved, run_scale = resolve_profile(profile), paper_scale(scale)
+parts = generation_parts(resolved, run_scale, parse_seeds(seeds) if seeds else None, limit)
+steps = steps or (run_scale.steps if resolved == "paper" else chapter_steps(resolved))
+image_size = run_scale.image_size if resolved == "paper" else None
+scale_note = run_scale.describe() if resolved == "paper" else f"profile {resolved}"
 images = Path(images_dir) if images_dir else reports / "images" / resolved
 ae_sets = [set_for_profile(name, resolved) for name in AE_SETS]
 relation_set = set_for_profile("gpt", resolved)
 pipe = load_pipeline(profile, weights=weights)
-print(f"profile {profile} -> {resolved}, weights {pipe.weights_id}, device {pipe.device}; sets {ae_sets + [relation_set]}")
-print(f"seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}), prompts per set {limit or 'all'}, {steps} steps -> {images.resolve()}")
+print(f"profile {profile} -> {resolved}, weights {pipe.weights_id}, device {pipe.device}; {scale_note}")
+for part in parts:
+    print(f"  {', '.join(part.sets)}: {', '.join(part.methods)}; {part.limit or 'all'} prompts x {len(part.seeds)} seeds")
+print(f"{steps} steps, {image_size or 'default'} px -> {images.resolve()}")
 
 # %% [markdown]
 # ## Attend-and-Excite
-# The three A&E sets (animal-animal, animal-object, object-object; 66 + 144 + 66 prompts, or their toy counterparts),
-# each with its subject token indices, for plain SD (`sd`) and Attend-and-Excite (`ae`); on the toy world also
-# spatial-temporal control with each pair placed side by side (`st`, `st+ae`), on the first two seeds (an ST
-# image costs about ten plain samplings). All start from the same noise: `torch.Generator("cpu").manual_seed(seed)`
-# through the pipeline's own latent preparation.
+# Every part of the run, in order: the three A&E sets (animal-animal, animal-object, object-object; 66 + 144 + 66
+# prompts, or their toy counterparts), each with its subject token indices, then the relation sets. Plain SD (`sd`),
+# Attend-and-Excite (`ae`), spatial-temporal control (`st`: each object in its layout region, from chapter 1's
+# `layouts/<set>.json` in the paper profile; side by side on the toy world) and both in one run (`st+ae`). All start
+# from the same noise: `torch.Generator("cpu").manual_seed(seed)` through the pipeline's own latent preparation.
 
 # %%
-ae_records, options = generation_inputs(book_records(ae_sets, limit), resolved, steps)
-ae_methods = ("sd", "ae", "st", "st+ae") if toy else ("sd", "ae")
-for method in ae_methods:
-    method_seeds = seeds[:2] if method.startswith("st") else seeds
-    summary = generate(pipe, method, ae_records, method_seeds, images, profile=profile, options=options, progress=False)
-    print(f"{method}: {summary.written} written, {summary.skipped} already there, {summary.seconds:.1f} s")
+for part in parts:
+    part_steps = chapter_steps(resolved, chapter="02_generate_st" if "st" in part.methods else None, steps=steps)
+    records, options = generation_inputs(book_records(list(part.sets), part.limit), resolved, part_steps, image_size, reports / "layouts")
+    for method in part.methods:
+        summary = generate(pipe, method, records, part.seeds, images, profile=profile, options=options, progress=False)
+        print(f"{', '.join(part.sets)} {method}: {summary.written} written, {summary.skipped} already there, {summary.seconds:.1f} s")
 
 # %%
 import pandas as pd
 
-lines = [line for line in read_manifest(images) if line["method"] in ae_methods and line["set"] in ae_sets]
+lines = [line for line in read_manifest(images) if line["set"] in ae_sets]
 table = pd.DataFrame(
     {
         "set": line["set"],
@@ -116,11 +120,12 @@ table.groupby(["set", "method"]).mean(numeric_only=True).round(3)
 # %%
 from fidelity_lib.figures import method_grid
 
-provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=",".join(map(str, seeds)), notes=f"{steps} steps")
+ae_part = parts[0]  # the A&E sets with sd and ae
+provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=",".join(map(str, ae_part.seeds)), notes=f"{steps} steps; {scale_note}")
 for name in ae_sets:
-    records = [record for record in ae_records if record.set_name == name]
+    records = book_records([name], min(ae_part.limit or 4, 4))  # at most 4 prompts and 8 seeds per figure
     title = f"{name}: plain SD vs Attend-and-Excite, {steps} steps - profile {profile} ({resolved}), weights {pipe.weights_id}"
-    figure = method_grid(images, records, seeds, ("sd", "ae"), title)
+    figure = method_grid(images, records, ae_part.seeds[:8], ("sd", "ae"), title)
     save_figure(figure, f"02_generate_ae_grid_{name}", provenance, reports, f"Plain SD vs Attend-and-Excite on {name}")
 
 # %% [markdown]
@@ -134,12 +139,10 @@ for name in ae_sets:
 # plain samplings.
 
 # %%
+st_part = next(part for part in parts if relation_set in part.sets and "st" in part.methods)
 st_steps = chapter_steps(resolved, chapter="02_generate_st", steps=steps)  # tiny: at most 4
-st_records, st_options = generation_inputs(book_records([relation_set], st_limit), resolved, st_steps)
-st_seeds = seeds if paper else seeds[:2] if toy else seeds[:1]
-for method in ("sd", "st", "st+ae"):
-    summary = generate(pipe, method, st_records, st_seeds, images, profile=profile, options=st_options, progress=False)
-    print(f"{method}: {summary.written} written, {summary.skipped} already there, {summary.seconds:.1f} s")
+st_records, st_options = generation_inputs(book_records([relation_set], st_part.limit), resolved, st_steps, image_size, reports / "layouts")
+st_seeds = st_part.seeds
 
 # %% [markdown]
 # ### Baseline vs ST vs ST+A&E, with the regions

@@ -30,10 +30,11 @@
 profile = "smoke"
 reports_dir = "../reports"
 weights = None
+scale = "paper"  # paper profile: "paper" (50 steps) or "quick" (a CPU rehearsal: the quick scale's steps)
 prompt = None  # None: "a cat and a dog" (paper, tiny), or the first held-out prompt of toy_ae_object_object (toy)
 token_indices = None  # None: the paper sets' indices, or the prompt's nouns (toy: the tokens its A&E setting excites)
 seed = None  # None: 0, or the first held-out seed (toy)
-steps = None  # None: 50 (paper), 25 (toy), 10 (tiny)
+steps = None  # None: the scale's (paper: 50), 25 (toy), 10 (tiny)
 strip_steps = None  # None: five steps spread over the run
 attention_res = None  # None: the model's (16x16 maps at 512 px on SD 1.x, 32x32 at 1024 on SDXL), or the toy world's setting
 
@@ -47,7 +48,7 @@ import seaborn as sns
 
 import fidelity_lib
 from fidelity_lib.attend_excite import attend_and_excite, attention_layers
-from fidelity_lib.chapters import chapter_seeds, chapter_steps, explain_inputs
+from fidelity_lib.chapters import chapter_seeds, chapter_steps, explain_inputs, paper_scale
 from fidelity_lib.components import load_pipeline, resolve_profile
 from fidelity_lib.conditioning import default_size
 from fidelity_lib.explain import LatentRecorder, normalised_map, step_attention
@@ -57,14 +58,15 @@ from fidelity_lib.report import Provenance, save_figure
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir
 resolved = resolve_profile(profile)
-steps = steps or chapter_steps(resolved)
+steps = steps or (paper_scale(scale).steps if resolved == "paper" else chapter_steps(resolved))
 seed = seed if seed is not None else chapter_seeds(resolved, 1)[0]  # 0, or the first held-out seed (toy)
 pipe = load_pipeline(profile, weights=weights)
 prompt, token_indices, config = explain_inputs(resolved, prompt, token_indices, attention_res)
 height, width = default_size(pipe)  # 512 on SD 1.x, 1024 on SDXL
 resolution = attention_layers(pipe, height, width, config.attention_res)[0].resolution
 strip_steps = list(strip_steps or np.linspace(0, steps, 5).round().astype(int))  # PNDM runs steps + 1 iterations
-provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=str(seed), notes=f'prompt "{prompt}", {steps} steps')
+scale_note = f"; {paper_scale(scale).describe()}" if resolved == "paper" else ""
+provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=str(seed), notes=f'prompt "{prompt}", {steps} steps{scale_note}')
 print(provenance.line())
 
 # %%

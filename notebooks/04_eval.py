@@ -43,13 +43,14 @@ methods = ["sd", "ae"]
 profile = "smoke"
 reports_dir = "../reports"
 images_dir = None  # None: <reports_dir>/images/<resolved profile> (chapter 2), a few generated here if empty
-seeds = None  # seeds to generate when images_dir holds none; None: "0-1" (toy: the first two held-out seeds)
-limit = 3  # prompts to generate when images_dir holds none
-steps = None  # denoising steps for those images; None: 4 (tiny), 25 (toy), 50 (paper)
+scale = "paper"  # paper profile: the images a set needs are chapter 2's at this scale ("paper" or "quick")
+seeds = None  # seeds to generate when images_dir holds none; None: paper: the scale's, else "0-1" (toy: held-out seeds)
+limit = None  # prompts to generate when images_dir holds none; None: the scale's (paper: all), else 3
+steps = None  # denoising steps for those images; None: 4 (tiny), 25 (toy), the scale's (paper: 50)
 weights = None  # the generator's SD weights (paper profile)
 clip_weights = None  # paper: folder or file with open_clip ViT-B-16 OpenAI weights (None: the HF cache)
 blip_weights = None  # paper: a Salesforce/blip-image-captioning-base folder (None: the HF cache)
-captioner = "blip"  # "blip": transformers BLIP; "lavis" (paper): A&E's own LAVIS base_coco (make lavis)
+captioner = "transformers"  # "transformers": transformers BLIP; "lavis" (paper): A&E's own LAVIS base_coco (make lavis)
 detector_weights = None  # paper: a transformers COCO detector folder (None: PekingU/rtdetr_r101vd_coco_o365, HF cache)
 original_counting = False  # True: the original scripts' counting (see fidelity_lib.metrics docstrings)
 n_boot = 2000
@@ -59,7 +60,7 @@ from fidelity_lib.book import check_parameters
 
 check_parameters(
     globals(), dataset=(str, list), methods=(list, str), profile=str, reports_dir=str, images_dir=(str, None),
-    seeds=(str, int, None), limit=int, steps=(int, None), weights=(str, None), clip_weights=(str, None),
+    scale=str, seeds=(str, int, None), limit=(int, None), steps=(int, None), weights=(str, None), clip_weights=(str, None),
     blip_weights=(str, None), captioner=str, detector_weights=(str, None), original_counting=bool, n_boot=int,
 )
 
@@ -69,7 +70,7 @@ from pathlib import Path
 import pandas as pd
 
 import fidelity_lib
-from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs, manifest_provenance
+from fidelity_lib.chapters import chapter_seeds, chapter_steps, generation_inputs, manifest_provenance, paper_scale, eval_set_images
 from fidelity_lib.components import load_captioner, load_detector, load_metric_clip, load_pipeline, resolve_profile
 from fidelity_lib.datasets import book_records, set_for_profile
 from fidelity_lib.generate import generate, parse_seeds
@@ -79,30 +80,34 @@ from fidelity_lib.report import save_figure, save_table
 
 NOTEBOOKS = Path(fidelity_lib.__file__).resolve().parent.parent / "notebooks"
 reports = NOTEBOOKS / reports_dir  # relative paths mean the same folder whatever the working directory
-resolved = resolve_profile(profile)
+resolved, run_scale = resolve_profile(profile), paper_scale(scale)
 images = NOTEBOOKS / images_dir if images_dir else reports / "images" / resolved
 methods = [methods] if isinstance(methods, str) else list(methods)
 sets = {name: set_for_profile(name, resolved) for name in ([dataset] if isinstance(dataset, str) else dataset)}
-seeds = parse_seeds(str(seeds)) if seeds is not None else chapter_seeds(resolved, 2)
-steps = steps or chapter_steps(resolved, tiny_steps=4)
+seeds = parse_seeds(str(seeds)) if seeds is not None else None if resolved == "paper" else chapter_seeds(resolved, 2)
+steps = steps or (run_scale.steps if resolved == "paper" else chapter_steps(resolved, tiny_steps=4))
+image_size, scale_note = (run_scale.image_size, f"; {run_scale.describe()}") if resolved == "paper" else (None, "")
 print(f"sets {sets}, methods {methods}, profile {profile} -> {resolved}, images {images.resolve()}")
 
 # %% [markdown]
 # ## Images
 # Each set's first `limit` prompts (toy: of the held-out split) need an image per seed and method; the missing ones
-# are made here with the generator. Every image of the set's prompts found in the folder is scored.
+# are made here with the generator. In the paper profile the prompts and seeds are the set's part of chapter 2 at
+# this `scale` (A&E sets: seeds 0-63; gpt, mscoco, vsr: seed 1), so a finished chapter 2 leaves nothing to make.
+# Every image of the set's prompts found in the folder is scored.
 
 # %%
 from fidelity_lib.generate import image_path, is_valid_image
 
 for set_name in sets.values():
-    records, options = generation_inputs(book_records([set_name], limit), resolved, steps)
-    wanted = [(m, r.prompt, s) for m in methods for r in records for s in seeds]
+    set_limit, set_seeds = eval_set_images(set_name, resolved, run_scale, limit, seeds)
+    records, options = generation_inputs(book_records([set_name], set_limit), resolved, steps, image_size, reports / "layouts")
+    wanted = [(m, r.prompt, s) for m in methods for r in records for s in set_seeds]
     if all(is_valid_image(image_path(images, *item)) for item in wanted):
         continue
     pipe = load_pipeline(profile, weights=weights)
     for method in methods:
-        summary = generate(pipe, method, records, seeds, images, profile=profile, options=options, progress=False)
+        summary = generate(pipe, method, records, set_seeds, images, profile=profile, options=options, progress=False)
         print(f"{set_name} {method}: {summary.written} images written in {summary.seconds:.1f} s")
 
 # %% [markdown]
@@ -135,7 +140,7 @@ for name, set_name in sets.items():
         images, set_name, methods, profile=resolved,
         detector=detector.name if "detection" in frames[set_name] else "not used",
         notes=f"requested profile {profile}; set {set_name}{shown}; CLIP {scorer.name}; captioner {caption_model.name}; counting "
-        f"{'original' if original_counting else 'fixed'}; 95% bootstrap CIs over prompts ({n_boot} resamples)",
+        f"{'original' if original_counting else 'fixed'}; 95% bootstrap CIs over prompts ({n_boot} resamples){scale_note}",
     )
     save_table(wide_table(table), set_name, provenance, reports, title=f"{set_name}{shown}: method x metric")
     save_table(table, f"{set_name}_ci", provenance, reports, title=f"{set_name}: values, CIs and counts")

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,35 @@ def test_smoke_book(tmp_path):
     coco = json.loads((reports / "tables" / "toy_mscoco.provenance.json").read_text())
     assert "toy counterpart of mscoco" in coco["notes"] and "toy world: not Stable Diffusion" in coco["line"]
     assert (reports / "figures" / "02_generate_ae_grid_toy_ae_object_object.png").is_file()
+
+
+def test_a_paper_run_with_missing_components_stops_before_writing_anything(tmp_path):
+    """The preflight lists every missing component with its download command and the run writes no report file."""
+    hub = tmp_path / "hf" / "hub"
+    hub.mkdir(parents=True)
+    out = tmp_path / "reports-paper"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fidelity_lib.book", "--profile", "paper", "--weights", "/nonexistent",
+         "--coco-dir", "/nonexistent", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    for component in ("Stable Diffusion", "ViT-B/16", "ViT-B/32", "BLIP", "RT-DETR", "roberta-base", "COCO"):
+        assert component in result.stdout + result.stderr, component
+    assert "download" in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def test_chapters_get_the_run_parameters_they_declare(tmp_path):
+    from fidelity_lib.book import chapter_parameters
+
+    notebook = NOTEBOOKS_DIR / "04_eval.ipynb"
+    run = {"weights": "/w", "coco_dir": "/c", "captioner": "lavis", "scale": "quick"}
+    chapter = chapter_parameters(notebook, "paper", tmp_path, run)
+    assert chapter["weights"] == "/w" and chapter["captioner"] == "lavis" and chapter["scale"] == "quick"
+    assert "coco_dir" not in chapter  # chapter 4 does not declare it
+    assert set(chapter["dataset"]) == {"ae_animal_animal", "ae_animal_object", "ae_object_object", "gpt", "mscoco", "vsr"}
+    assert chapter["limit"] is None
+    layout = chapter_parameters(NOTEBOOKS_DIR / "01_layout.ipynb", "paper", tmp_path, run)
+    assert layout["coco_dir"] == "/c" and "captioner" not in layout

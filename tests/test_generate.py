@@ -95,7 +95,7 @@ def test_sd_and_ae_on_the_tiny_pipeline(tmp_path, tiny_pipe):
     sd, ae = read_manifest(tmp_path)
     assert (tmp_path / "ae" / records[0].prompt / "0.png").is_file()
     assert sd["path"] == f"sd/{records[0].prompt}/0.png" and sd["set"] == "ae_animal_animal"
-    assert sd["config"] == {"num_inference_steps": 2, "guidance_scale": 7.5} and sd["extras"] == {}
+    assert sd["config"] == {"num_inference_steps": 2, "guidance_scale": 7.5, "image_size": None} and sd["extras"] == {}
     assert ae["config"]["thresholds"] == {"0": 0.05, "10": 0.5, "20": 0.8}
     assert ae["extras"]["token_indices"] == list(records[0].subject_token_indices)
     assert len(ae["extras"]["losses"]) == 3 and ae["extras"]["refinement_iterations"] == {"0": 20}

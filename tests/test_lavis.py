@@ -136,7 +136,7 @@ def test_a_missing_environment_says_to_run_make_lavis(tmp_path):
 
 
 def test_the_lavis_choice_goes_through_components():
-    with pytest.raises(ValueError, match="choose one of blip, lavis"):
+    with pytest.raises(ValueError, match="choose one of transformers, lavis"):
         load_captioner("paper", captioner="LAVIS")
     with pytest.raises(ValueError, match="use it with profile 'paper'"):
         load_captioner("tiny", captioner="lavis")

@@ -50,18 +50,19 @@ def test_toy_sets_get_their_paper_sets_metrics():
 def test_a_paper_shaped_table_takes_toy_counterparts_into_the_paper_rows():
     from fidelity_lib.metrics.summary import paper_shaped_table
 
-    def long(dataset, metric, values):
-        return pd.DataFrame([{"dataset": dataset, "method": m, "metric": metric, "value": v, "low": v - 0.1, "high": v + 0.1}
-                             for m, v in values.items()])
+    def long(dataset, metric, values, n_prompts=20):
+        return pd.DataFrame([{"dataset": dataset, "method": m, "metric": metric, "value": v, "low": v - 0.1, "high": v + 0.1,
+                              "n_prompts": n_prompts, "n_images": 2 * n_prompts} for m, v in values.items()])
 
     tables = {
         "toy_ae_object_object": pd.concat([long("toy_ae_object_object", "clip_full_text", {"sd": 0.5, "ae": 0.6}),
-                                           long("toy_ae_object_object", "blip_text_similarity", {"sd": 0.3, "ae": 0.4})]),
+                                           long("toy_ae_object_object", "blip_text_similarity", {"sd": 0.3, "ae": 0.4}, 18)]),
         "toy_gpt": long("toy_gpt", "relation_accuracy", {"sd": 0.4, "st": 0.7}),
     }
     ae = paper_shaped_table(tables, "attend_excite")
     assert list(ae["paper set"]) == ["ae_object_object"] * 2 and list(ae["method"]) == ["sd", "ae"]
-    assert list(ae.columns) == ["paper set", "set", "method", "clip_full_text", "blip_text_similarity"]
+    assert list(ae.columns) == ["paper set", "set", "method", "prompts", "images", "clip_full_text", "blip_text_similarity"]
+    assert list(ae["prompts"]) == [20, 20] and list(ae["images"]) == [40, 40]  # the row's largest n over its cells
     assert ae.loc[1, "clip_full_text"] == "0.600 [0.500, 0.700]"
     st = paper_shaped_table(tables, "spatial_temporal")
     assert list(st["set"]) == ["toy_gpt", "toy_gpt"] and st.loc[1, "relation_accuracy"] == "0.700 [0.600, 0.800]"

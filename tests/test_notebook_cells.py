@@ -1,6 +1,7 @@
 """Notebooks read as chapters: no code cell of a ``notebooks/*.py`` holds more than 15 lines of logic, the rest lives in
-fidelity_lib. A line of logic is non-blank, not a comment and not an ``import``/``from ... import`` line. Reads the
-jupytext py:percent files only (no notebook runs)."""
+fidelity_lib. A line of logic is non-blank, not a comment and not an ``import``/``from ... import`` line. The parameters
+cell declares the chapter's inputs, one per line, and is not logic. Reads the jupytext py:percent files only (no
+notebook runs)."""
 
 import re
 from pathlib import Path
@@ -16,7 +17,8 @@ IMPORT_LINE = re.compile(r"^(import|from)\s")
 def code_cells(text: str) -> list[tuple[int, str]]:
     """(cell number, source) of each code cell; cell 1 is the first block after the header, markdown counted too."""
     markers, bodies = CELL_MARKER.findall(text), CELL_MARKER.split(text)[1:]
-    return [(number, body) for number, (marker, body) in enumerate(zip(markers, bodies), 1) if "[markdown]" not in marker]
+    return [(number, body) for number, (marker, body) in enumerate(zip(markers, bodies), 1)
+            if "[markdown]" not in marker and "parameters" not in marker]
 
 
 def logic_lines(source: str) -> int:

@@ -156,7 +156,7 @@ class LavisCaptioner:
         if not self.python.exists():
             raise LavisEnvironmentError(
                 f"The LAVIS environment is missing ({self.python} not found): run `make lavis` in {PACKAGE_ROOT.parent} "
-                f"to build .venv-lavis, or use the default transformers captioner (captioner='blip')."
+                f"to build .venv-lavis, or use the default transformers captioner (captioner='transformers')."
             )
         self.device, self.random_weights_seed = device, random_weights_seed
         self.start_timeout, self.image_timeout = start_timeout, image_timeout

@@ -119,19 +119,24 @@ PAPER_TABLE_SHAPES = {
 
 
 def paper_shaped_table(tables: dict[str, pd.DataFrame], shape: str) -> pd.DataFrame:
-    """A paper table's rows (set x method) and columns (its metrics) from the book's long tables (``metric_table``),
-    keyed by set name; a toy counterpart fills its paper set's row and is named in the "set" column."""
+    """A paper table's rows (set x method) and columns (its metrics, with the prompts and images behind each row) from
+    the book's long tables (``metric_table``), keyed by set name; a toy counterpart fills its paper set's row and is
+    named in the "set" column."""
     _, paper_sets, metrics = PAPER_TABLE_SHAPES[shape]
     counterparts = {toy: paper for toy, paper in TOY_SETS.items() if paper in paper_sets}
     wanted = [name for name in tables if name in paper_sets or name in counterparts]
     if not wanted:
-        return pd.DataFrame(columns=["paper set", "set", "method", *metrics])
+        return pd.DataFrame(columns=["paper set", "set", "method", "prompts", "images", *metrics])
     long = pd.concat([tables[name] for name in wanted])
     long = long[long["metric"].isin(metrics)]
     wide = long.assign(cell=[format_cell(v, l, h) for v, l, h in zip(long["value"], long["low"], long["high"])])
     wide = wide.pivot_table(index=["dataset", "method"], columns="metric", values="cell", aggfunc="first", sort=False)
-    wide = wide.reindex(columns=[m for m in metrics if m in wide.columns]).reset_index().rename(columns={"dataset": "set"})
+    wide = wide.reindex(columns=[m for m in metrics if m in wide.columns])
+    counts = long.groupby(["dataset", "method"], sort=False)[["n_prompts", "n_images"]].max()  # the cells' largest n
+    wide = wide.join(counts.rename(columns={"n_prompts": "prompts", "n_images": "images"})).reset_index()
+    wide = wide.rename(columns={"dataset": "set"})
     wide.insert(0, "paper set", [counterparts.get(name, name) for name in wide["set"]])
+    wide = wide[["paper set", "set", "method", "prompts", "images", *(m for m in metrics if m in wide.columns)]]
     return wide.fillna("not reported for this set").rename_axis(columns=None)  # e.g. relations on MS-COCO
 
 
