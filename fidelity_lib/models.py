@@ -185,7 +185,7 @@ class UnsupportedModelError(ValueError):
     """The weights are a diffusers pipeline of a kind the methods do not run on."""
 
 
-def _is_repo_id(weights: str | os.PathLike) -> bool:
+def is_repo_id(weights: str | os.PathLike) -> bool:
     """A string that names no existing path and is a valid Hugging Face repo id ("owner/name")."""
     if not isinstance(weights, str) or Path(weights).expanduser().exists() or weights.count("/") != 1:
         return False
@@ -203,7 +203,7 @@ def _reference_repo(index: dict) -> str:
 
 def _model_index(weights: str | os.PathLike | None) -> tuple[str | Path, str, dict]:
     """(what from_pretrained loads, the repo id the error messages name, the parsed model_index.json)."""
-    if weights is None or _is_repo_id(weights):
+    if weights is None or is_repo_id(weights):
         repo_id = SD14_REPO_ID if weights is None else str(weights)
         index_file = try_to_load_from_cache(repo_id, "model_index.json")
         if not isinstance(index_file, str):

@@ -17,7 +17,6 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from fidelity_lib.clip import OPENAI_FILES, OPENAI_HF_REPOS
 from fidelity_lib.components import CAPTIONERS
@@ -28,7 +27,7 @@ from fidelity_lib.metrics.blip_similarity import BLIP_REPO_ID
 from fidelity_lib.metrics.clip_score import CLIP_ARCH as METRIC_CLIP_ARCH
 from fidelity_lib.metrics.detection import RTDETR_REPO_ID
 from fidelity_lib.metrics.lavis import LAVIS_VENV
-from fidelity_lib.models import PIPELINE_CLASSES, SD14_REPO_ID
+from fidelity_lib.models import PIPELINE_CLASSES, SD14_REPO_ID, is_repo_id
 from fidelity_lib.spacetime import PAPER_CLIP_ARCH as LOSS_CLIP_ARCH
 
 SD_WEIGHTS = "Stable Diffusion weights"
@@ -123,17 +122,6 @@ def check_hub_repo(component: str, repo_id: str, requirements: tuple[tuple[str, 
 def check_model_repo(component: str, repo_id: str, requirements: tuple[tuple[str, ...], ...]) -> ComponentCheck:
     """A whole repo a loader reads from the HF cache; downloaded with ``huggingface-cli download <repo id>``."""
     return check_hub_repo(component, repo_id, requirements, with_size(f"{DOWNLOAD} {repo_id}", repo_id))
-
-
-def is_repo_id(weights: str | os.PathLike) -> bool:
-    """As the SD loader decides: a string that names no existing path and is a valid repo id ("owner/name")."""
-    if not isinstance(weights, str) or Path(weights).expanduser().exists() or weights.count("/") != 1:
-        return False
-    try:
-        validate_repo_id(weights)
-    except HFValidationError:
-        return False
-    return True
 
 
 def sd_file(source: str | Path, name: str) -> Path | None:
