@@ -140,9 +140,13 @@ def execute(plan: Plan, name: str, folder: Path, batch_size: int = 32) -> tuple[
 
 
 def write_tables(plan: Plan, name: str, folder: Path, weights: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rate, paired-difference and settings tables of everything the cache holds for this plan's split."""
+    """The rate, paired-difference and settings tables of the plan's sets and settings, from what the cache holds."""
     cache = folder / f"{name}_{CACHE_NAME}"
-    rows = pd.DataFrame([r for r in read_json_lines(cache) if r.get("weights") == weights and r["split"] == plan.split])
+    planned = {(job.set_name, job.setting.name) for job in plan.jobs}
+    rows = pd.DataFrame([
+        r for r in read_json_lines(cache)
+        if r.get("weights") == weights and r["split"] == plan.split and (r["set"], r["setting"]) in planned
+    ])
     rates, paired = summarise(rows, "sd")
     seeds = TOY_SPLIT_SEEDS[plan.split]
     counts = rows.groupby(["set", "setting"]).size()
