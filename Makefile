@@ -13,7 +13,7 @@ LAVIS_PINS := torch==2.14.1 torchvision==0.29.1 salesforce-lavis==1.0.2 "numpy<2
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast book lab lock lavis lavis-lock clean-venv
+.PHONY: setup test test-fast book rehearse lab lock lavis lavis-lock clean-venv
 
 $(STAMP): requirements-lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-fast: setup  # every test not marked slow (each slow one takes over ~10 s)
 
 book: setup
 	$(PY) -m fidelity_lib.book --profile smoke
+
+rehearse: setup  # the paper book on random-weight stand-ins, offline, killed in chapter 2 and resumed (reports-rehearsal/)
+	$(PY) -m fidelity_lib.rehearsal --out reports-rehearsal
 
 lab: setup
 	$(VENV)/bin/jupyter lab

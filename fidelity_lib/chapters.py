@@ -13,12 +13,16 @@ from pathlib import Path
 import pandas as pd
 
 from fidelity_lib.attend_excite import AttendExciteConfig
-from fidelity_lib.datasets import AE_SETS, ST_SETS, TOY_AE_SETS, TOY_SETS, TOY_SPLIT_SEEDS, PromptRecord, book_records, load_prompt_set
+from fidelity_lib.datasets import AE_SETS, ST_SETS, TOY_AE_SETS, TOY_SETS, TOY_SPLIT_SEEDS, PromptRecord, load_prompt_set
 from fidelity_lib.generate import GenerationOptions, read_manifest
-from fidelity_lib.layout import CocoFilter, LayoutPredictor, TrainConfig, load_layouts, write_synthetic_coco
+from fidelity_lib.layout import (
+    CocoFilter, LayoutExample, LayoutPredictor, TrainConfig, gpt_training_records, load_layouts, write_synthetic_coco,
+)
 from fidelity_lib.report import Provenance
 from fidelity_lib.toyworld.calibration import STEPS as TOY_STEPS
-from fidelity_lib.toyworld.calibration import toy_generation
+from fidelity_lib.toyworld.calibration import subject_indices, toy_ae_config, toy_ae_excite, toy_generation
+from fidelity_lib.toyworld.model import weights_id
+from fidelity_lib.toyworld.signature import SIGNATURE_SET, headline_rows, lost_object_pairs
 
 # At most this many steps for a chapter's part in the tiny profile, whatever was asked: each spatial-temporal image
 # costs about ten plain samplings, so chapter 2's spatial-temporal part runs at most 4.
@@ -87,6 +91,20 @@ def paper_parts(scale: PaperScale) -> list[GenerationPart]:
         GenerationPart(tuple(AE_SETS), METHODS, scale.ae_seeds, scale.ae_prompts),
         GenerationPart(ST_SETS, METHODS, scale.st_seeds, scale.st_prompts),
     ]
+
+
+def job_size_table(scale: PaperScale) -> str:
+    """A markdown table of what chapter 2 makes at ``scale``: per paper set its prompts, seeds and images per method."""
+    lines = ["| set | prompts | seeds | images per method | images, 4 methods |", "|---|---|---|---|---|"]
+    total = 0
+    for part in paper_parts(scale):
+        for name in part.sets:
+            prompts = len(load_prompt_set(name)[: part.limit])
+            images = prompts * len(part.seeds)
+            total += images * len(part.methods)
+            lines.append(f"| {name} | {prompts} | {seed_text(part.seeds)} | {images:,} | {images * len(part.methods):,} |")
+    lines.append(f"| all | | | | {total:,} |")
+    return "\n".join(lines)
 
 
 def set_part(set_name: str, scale: PaperScale) -> GenerationPart:
@@ -168,32 +186,44 @@ def generation_inputs(
 
 
 def explain_inputs(
-    resolved_profile: str, prompt: str | None, token_indices: list[int] | None, attention_res: int | None
-) -> tuple[str, list[int] | None, AttendExciteConfig]:
-    """Chapter 3's prompt, subject tokens and A&E setting: toy: its first held-out object-object prompt, chosen setting."""
+    resolved_profile: str, prompt: str | None, token_indices: list[int] | None, attention_res: int | None,
+    seed: int | None = None,
+) -> tuple[str, list[int] | None, AttendExciteConfig, int]:
+    """Chapter 3's prompt, subject tokens, A&E setting and seed. Toy: the chosen setting; ``prompt`` None: the first pair
+    of the A&E signature rule (toyworld.signature.lost_object_pairs, a held-out object-object pair whose baseline lost
+    an object), its seed unless ``seed`` is given; a given prompt gets the first held-out seed. Else "a cat and a dog",
+    seed 0."""
     config = AttendExciteConfig()
     if resolved_profile == "toy":  # the toy world's chosen A&E setting, on the prompt's excited tokens (toyworld.calibration)
-        (record,), options = toy_generation(book_records(["toy_ae_object_object"], 1))
         if prompt is None:
-            prompt, token_indices = record.prompt, token_indices or record.subject_token_indices
-        config = options.ae_config
+            ((prompt, rule_seed),) = lost_object_pairs(headline_rows(), count=1, weights=weights_id())
+            record = next(record for record in load_prompt_set(SIGNATURE_SET) if record.prompt == prompt)
+            token_indices = token_indices or subject_indices(record, toy_ae_excite())
+            seed = rule_seed if seed is None else seed
+        config = toy_ae_config()
+    seed = seed if seed is not None else chapter_seeds(resolved_profile, 1)[0]
     config = config if attention_res is None else replace(config, attention_res=attention_res)
-    return prompt or "a cat and a dog", token_indices, config
+    return prompt or "a cat and a dog", token_indices, config, seed
 
 
 def layout_training_setup(
     profile: str, coco_dir: str | None, epochs: int | None, work: Path, layouts_dir: Path
-) -> tuple[Path, CocoFilter, TrainConfig, Path, str]:
-    """Chapter 1's COCO-format source, filter, training config, checkpoint folder and data name (paper: real COCO)."""
+) -> tuple[Path, CocoFilter, TrainConfig, Path, str, list[LayoutExample]]:
+    """Chapter 1's COCO-format source, filter, training config, checkpoint folder, data name and GPT-style training
+    examples. Paper: real COCO + the official 2000 gpt-3.pkl sentences (gpt_training_records); smoke: a generated
+    COCO-format set + the first 400 of them. Neither trains on an evaluation set (gpt.txt is held out whole)."""
     if profile == "paper":
         if coco_dir is None:
             raise ValueError("The paper profile trains on COCO 2017 annotations: pass -p coco_dir /path/to/coco (see above).")
         source = Path(coco_dir)
         checkpoints = layouts_dir / "checkpoints-paper"  # resumed when the notebook is run again
-        return source, CocoFilter(), TrainConfig(epochs=epochs or 100), checkpoints, f"COCO annotations in {source}"
+        data_name = f"COCO annotations in {source} + the 2000 gpt-3.pkl sentences"
+        return source, CocoFilter(), TrainConfig(epochs=epochs or 100), checkpoints, data_name, gpt_training_records()
     source = write_synthetic_coco(work / "coco", n_images=400, seed=0)
     config = TrainConfig(epochs=epochs or 15, batch_size=16, encoder_lr=3e-3, head_lr=3e-3, coco_per_epoch=None)
-    return source, CocoFilter(caption_relations=True), config, work / "checkpoints", "a generated COCO-format set"
+    gpt_train = gpt_training_records()[:400]  # as many GPT items as the generated set has images: seconds per epoch
+    data_name = "a generated COCO-format set + 400 gpt-3.pkl sentences"
+    return source, CocoFilter(caption_relations=True), config, work / "checkpoints", data_name, gpt_train
 
 
 def manifest_provenance(images_dir: Path, set_name: str, methods: Sequence[str], **fields: str) -> Provenance:

@@ -34,6 +34,9 @@ from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_availabl
 
 
 CAPTIONERS = ("transformers", "lavis")  # transformers BLIP (the default), or LAVIS itself in its own environment
+# Paper pipeline weights: "fp32" as A&E's run.py L24 loads them (from_pretrained without a dtype; ST's txt2img-gpt.py
+# also keeps fp32 weights, under autocast), or "fp16", the A&E README's faster option (results may differ slightly)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def resolve_profile(profile: str) -> str:
@@ -45,17 +48,26 @@ def resolve_profile(profile: str) -> str:
     return profile
 
 
+def pipeline_dtype(precision: str = "fp32") -> torch.dtype:
+    """The paper pipeline's weight dtype for ``precision`` ("fp32" or "fp16", see PRECISIONS)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    return PRECISIONS[precision]
+
+
 def load_pipeline(
     profile: str = "smoke",
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    precision: str = "fp32",
 ) -> Pipeline:
-    """The profile's pipeline; ``weights`` is a folder or a repo id in the local cache (paper profile)."""
+    """The profile's pipeline; ``weights`` is a folder or a repo id in the local cache and ``precision`` the weights'
+    dtype (paper profile; the toy and tiny pipelines are fp32)."""
     resolved = resolve_profile(profile)
+    dtype = pipeline_dtype(precision)
     device = torch.device(device) if device is not None else default_device()
     if resolved == "paper":
-        pipe = paper_pipeline(weights, dtype or (torch.float16 if device.type == "cuda" else torch.float32))
+        pipe = paper_pipeline(weights, dtype)
     elif resolved == "toy":
         pipe = toy_pipeline()
     else:

@@ -1,7 +1,7 @@
 """Generate a prompt set's images with one method, resumably.
 
     python -m fidelity_lib.generate --method sd|ae|st|st+ae --prompts FILE|SET --seeds 0-63 --out DIR \\
-        --profile smoke|tiny|toy|paper [--weights PATH] [--steps N] [--limit N] [--token-indices 2,5]
+        --profile smoke|tiny|toy|paper [--weights PATH] [--precision fp32|fp16] [--steps N] [--limit N] [--token-indices 2,5]
 
 Images go to ``DIR/<method>/<prompt folder>/<seed>.png`` (the A&E metrics layout) and each finished image gets one
 JSON line in ``DIR/manifest.jsonl``. An image is written to a temporary file and renamed into place, and its
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from fidelity_lib.attend_excite import AttendExciteConfig, attend_and_excite_batch, model_config
 from fidelity_lib.clip import ClipModel
-from fidelity_lib.components import load_pipeline, shared_loss_clip, shipped_layout_predictor, shipped_layouts
+from fidelity_lib.components import PRECISIONS, load_pipeline, shared_loss_clip, shipped_layout_predictor, shipped_layouts
 from fidelity_lib.conditioning import Pipeline
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, load_prompts, prompt_folder_name
 from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
@@ -494,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--profile", default="smoke", choices=PROFILES)
     parser.add_argument("--weights", help="paper profile: a weights folder or a repo id in the local cache")
+    parser.add_argument(
+        "--precision", default="fp32", choices=sorted(PRECISIONS),
+        help="paper profile: the weights' dtype (default fp32, as A&E's run.py; fp16 is faster, results may differ slightly)",
+    )
     parser.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
     parser.add_argument("--limit", type=_positive_int, help="only the first N prompts")
     parser.add_argument("--token-indices", type=_parse_indices, help="subject token indices for every prompt")
@@ -513,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         options = GenerationOptions(steps=args.steps, token_indices=args.token_indices, batch_size=args.batch_size)
         check_inputs(records if skip_long_prompts else records[: args.limit], options)
         check_output(args.out)
-        pipe = load_pipeline(args.profile, weights=args.weights, device=state.device)
+        pipe = load_pipeline(args.profile, weights=args.weights, device=state.device, precision=args.precision)
         if skip_long_prompts:
             records, skipped = prompts_that_fit(records, pipe.tokenizer)
             if skipped:

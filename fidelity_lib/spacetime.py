@@ -307,12 +307,13 @@ def untrained_layout_predictor() -> LayoutPredictor:
     return LayoutPredictor.tiny([])
 
 
-def predict_layout(prompt: str, predictor: LayoutPredictor | None = None) -> list[ObjectPlacement]:
-    """The predictor's layout; without one, the untrained tiny predictor and a warning."""
+def predict_layout(prompt: str, predictor: LayoutPredictor | None = None, seed: int = 0) -> list[ObjectPlacement]:
+    """The predictor's layout (a "sample" predictor draws it with ``seed``); without one, the untrained tiny predictor
+    and a warning."""
     if predictor is None:
         warnings.warn("No layout predictor given: using an untrained tiny one (positions are arbitrary).", stacklevel=3)
         predictor = untrained_layout_predictor()
-    return predictor.predict(prompt)
+    return predictor.predict(prompt, seed=seed)
 
 
 class _Guidance:
@@ -411,16 +412,16 @@ def spacetime_generate(
 ) -> SpaceTimeResult:
     """One image with spatial-temporal control (``method="st+ae"``: plus Attend-and-Excite guidance in the same run).
 
-    ``layout`` None asks ``predictor`` (see predict_layout); ``clip_model`` is the loss's CLIP (the paper's ViT-B/32:
-    ``components.load_loss_clip``). ``token_indices`` are A&E's subjects (st+ae; None: the prompt's nouns) and
-    ``config.attend_excite`` its settings, the same AttendExciteConfig the ``ae`` method takes. An empty layout gives
-    plain SD with ``fallback=True`` and a SpaceTimeFallbackWarning. ``image_size`` is the square image side (None: the
-    model's default size).
+    ``layout`` None asks ``predictor`` (see predict_layout; a "sample" predictor draws with ``seed``); ``clip_model`` is
+    the loss's CLIP (the paper's ViT-B/32: ``components.load_loss_clip``). ``token_indices`` are A&E's subjects (st+ae;
+    None: the prompt's nouns) and ``config.attend_excite`` its settings, the same AttendExciteConfig the ``ae`` method
+    takes. An empty layout gives plain SD with ``fallback=True`` and a SpaceTimeFallbackWarning. ``image_size`` is the
+    square image side (None: the model's default size).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     start = time.perf_counter()
-    layout = list(layout) if layout is not None else predict_layout(prompt, predictor)
+    layout = list(layout) if layout is not None else predict_layout(prompt, predictor, seed)
     height, width = (image_size, image_size) if image_size else default_size(pipe)
     check_image_size(height, width)
     if not layout:

@@ -23,7 +23,7 @@ from transformers import (
 from fidelity_lib.clip import OPENAI_FILES, OPENAI_HF_REPOS
 from fidelity_lib.components import CAPTIONERS
 from fidelity_lib.datasets import COCO_CLASSES, PAPER_SET_NAMES, load_prompt_set
-from fidelity_lib.layout.data import coco_examples
+from fidelity_lib.layout.data import coco_examples, gpt_training_records
 from fidelity_lib.layout.model import PAPER_ENCODER, train_bpe_tokenizer
 from fidelity_lib.layout.synthetic import write_synthetic_coco
 from fidelity_lib.metrics.blip_similarity import BLIP_REPO_ID, tiny_blip
@@ -59,7 +59,7 @@ RTDETR_DIFFERENCES = (
 )
 ROBERTA_DIFFERENCES = (
     "roberta-base layer counts (12 layers, 12 heads, 514 positions), random weights, 48 wide (real: 768), a byte-level "
-    "BPE trained on the stand-in captions and the prompt sets (real: 50,265 tokens)"
+    "BPE trained on the stand-in captions, the prompt sets and the layout training sentences (real: 50,265 tokens)"
 )
 COCO_DIFFERENCES = (
     f"{COCO_STANDIN_IMAGES} synthetic images in COCO 2017's schema (split 'synthetic', 12 thing + 2 stuff categories, "
@@ -193,7 +193,8 @@ def write_standins(hf_home: Path, weights_dir: Path, coco_dir: Path, captioner: 
     write_synthetic_coco(coco_dir, n_images=COCO_STANDIN_IMAGES, seed=0)
     captions = [example.sentence for example in coco_examples(coco_dir)[0]]
     prompts = [record.prompt for name in PAPER_SET_NAMES for record in load_prompt_set(name)]
-    roberta = write_roberta(hub, captions + prompts)
+    training = [example.sentence for example in gpt_training_records()]  # chapter 1's GPT-style training sentences
+    roberta = write_roberta(hub, captions + prompts + training)
     return {
         SD_WEIGHTS: f"{weights_dir}: {SD_DIFFERENCES}",
         METRIC_CLIP: f"{clips[METRIC_CLIP_ARCH]}: {CLIP_DIFFERENCES.format(arch=METRIC_CLIP_ARCH)}",

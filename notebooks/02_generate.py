@@ -38,6 +38,7 @@
 profile = "smoke"
 reports_dir = "../reports"
 weights = None  # paper: a Stable Diffusion folder or repo id in the local Hugging Face cache
+precision = "fp32"  # paper: the SD weights' dtype, "fp32" (A&E's run.py) or "fp16" (faster, may differ slightly)
 scale = "paper"  # paper profile: "paper" (the papers' sets, seeds and steps) or "quick" (a few images, CPU rehearsal)
 seeds = None  # None: the scale's (paper: 0-63 on the A&E sets, 1 on gpt/mscoco/vsr), 4 held-out seeds (toy), "0-1" (tiny)
 limit = None  # prompts per set; None: the scale's (paper: all), 2 (toy; 4 of the relation set), 1 (tiny; 2 of it)
@@ -49,7 +50,7 @@ from fidelity_lib.book import check_parameters
 
 check_parameters(
     globals(), profile=str, reports_dir=str, weights=(str, None), scale=str, seeds=(str, None), limit=(int, None),
-    steps=(int, None), images_dir=(str, None),
+    steps=(int, None), images_dir=(str, None), precision=str,
 )
 
 # %%
@@ -72,7 +73,7 @@ scale_note = run_scale.describe() if resolved == "paper" else f"profile {resolve
 images = Path(images_dir) if images_dir else reports / "images" / resolved
 ae_sets = [set_for_profile(name, resolved) for name in AE_SETS]
 relation_set = set_for_profile("gpt", resolved)
-pipe = load_pipeline(profile, weights=weights)
+pipe = load_pipeline(profile, weights=weights, precision=precision)
 print(f"profile {profile} -> {resolved}, weights {pipe.weights_id}, device {pipe.device}; {scale_note}")
 for part in parts:
     print(f"  {', '.join(part.sets)}: {', '.join(part.methods)}; {part.limit or 'all'} prompts x {len(part.seeds)} seeds")
@@ -157,7 +158,7 @@ shown = [(st_lines[(r.prompt, s)], st_lines[(r.prompt, s)]["extras"]) for r in s
 radius = (st_options.st_config or SpaceTimeConfig()).radius
 title = f"Plain SD vs spatial-temporal control vs ST + A&E, {st_options.steps} steps - profile {profile} ({resolved})"
 figure = region_grid(images, shown, ("sd", "st", "st+ae"), radius, title)
-st_provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=",".join(map(str, st_seeds)), notes=f"{st_options.steps} steps")
+st_provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=",".join(map(str, st_seeds)), notes=f"{st_options.steps} steps; {scale_note}")
 save_figure(figure, "02_generate_st_grid", st_provenance, reports, "Plain SD vs spatial-temporal control vs ST + A&E, with regions")
 
 # %% [markdown]

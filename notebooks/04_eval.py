@@ -48,6 +48,7 @@ seeds = None  # seeds to generate when images_dir holds none; None: paper: the s
 limit = None  # prompts to generate when images_dir holds none; None: the scale's (paper: all), else 3
 steps = None  # denoising steps for those images; None: 4 (tiny), 25 (toy), the scale's (paper: 50)
 weights = None  # the generator's SD weights (paper profile)
+precision = "fp32"  # paper: the SD weights' dtype, "fp32" (A&E's run.py) or "fp16" (faster, may differ slightly)
 clip_weights = None  # paper: folder or file with open_clip ViT-B-16 OpenAI weights (None: the HF cache)
 blip_weights = None  # paper: a Salesforce/blip-image-captioning-base folder (None: the HF cache)
 captioner = "transformers"  # "transformers": transformers BLIP; "lavis" (paper): A&E's own LAVIS base_coco (make lavis)
@@ -61,7 +62,7 @@ from fidelity_lib.book import check_parameters
 check_parameters(
     globals(), dataset=(str, list), methods=(list, str), profile=str, reports_dir=str, images_dir=(str, None),
     scale=str, seeds=(str, int, None), limit=(int, None), steps=(int, None), weights=(str, None), clip_weights=(str, None),
-    blip_weights=(str, None), captioner=str, detector_weights=(str, None), original_counting=bool, n_boot=int,
+    blip_weights=(str, None), captioner=str, detector_weights=(str, None), original_counting=bool, n_boot=int, precision=str,
 )
 
 # %%
@@ -105,7 +106,7 @@ for set_name in sets.values():
     wanted = [(m, r.prompt, s) for m in methods for r in records for s in set_seeds]
     if all(is_valid_image(image_path(images, *item)) for item in wanted):
         continue
-    pipe = load_pipeline(profile, weights=weights)
+    pipe = load_pipeline(profile, weights=weights, precision=precision)
     for method in methods:
         summary = generate(pipe, method, records, set_seeds, images, profile=profile, options=options, progress=False)
         print(f"{set_name} {method}: {summary.written} images written in {summary.seconds:.1f} s")

@@ -25,6 +25,7 @@
 # %% tags=["parameters"]
 profile = "smoke"
 reports_dir = "../reports"
+scale = "paper"  # paper profile: the scale chapters 2 and 4 ran at, named in the tables' provenance ("paper" or "quick")
 
 # %% [markdown]
 # ## The papers' tables, in their shape
@@ -38,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from fidelity_lib.chapters import measured_tables
+from fidelity_lib.chapters import measured_tables, paper_scale
 from fidelity_lib.components import resolve_profile
 from fidelity_lib.files import atomic_write_bytes
 from fidelity_lib.metrics.summary import PAPER_TABLE_SHAPES, method_verdicts, paper_shaped_table
@@ -53,7 +54,8 @@ for shape, (caption, _, metrics) in PAPER_TABLE_SHAPES.items():
         continue
     names = list(dict.fromkeys(table["set"]))
     sources = [read_provenance(reports / "tables" / f"{name}_ci.csv") for name in names]
-    provenance = Provenance.combined(sources, notes=f"cells from tables/<set>_ci.csv of {', '.join(names)}")
+    scale_note = f"; {paper_scale(scale).describe()}" if resolve_profile(profile) == "paper" else ""
+    provenance = Provenance.combined(sources, notes=f"cells from tables/<set>_ci.csv of {', '.join(names)}{scale_note}")
     summary = method_verdicts(pd.concat(measured[name] for name in names), metrics)
     save_table(table, f"paper_{shape}", provenance, reports, title=caption, summary=summary)
     display(table)

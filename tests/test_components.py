@@ -2,9 +2,12 @@
 
 import huggingface_hub
 import pytest
+import torch
+
+from fidelity_lib import components
 
 from fidelity_lib.clip import ClipModel, openai_checkpoint
-from fidelity_lib.components import load_loss_clip, load_metric_clip, resolve_profile
+from fidelity_lib.components import load_loss_clip, load_metric_clip, load_pipeline, pipeline_dtype, resolve_profile
 from fidelity_lib.models import WeightsNotFoundError
 from fidelity_lib.toyworld.model import weights_available
 
@@ -37,3 +40,20 @@ def test_a_checkpoint_file_or_its_folder_is_found(tmp_path):
     (tmp_path / "open_clip_model.safetensors").write_bytes(b"")
     assert openai_checkpoint("ViT-B-32", tmp_path) == tmp_path / "open_clip_model.safetensors"
     assert openai_checkpoint("ViT-B-32", tmp_path / "open_clip_model.safetensors") == tmp_path / "open_clip_model.safetensors"
+
+
+def test_the_paper_pipeline_loads_in_fp32_by_default_and_fp16_on_request(monkeypatch):
+    """A&E's run.py L24 loads fp32 weights; ``precision="fp16"`` is the official README's faster option."""
+    asked = []
+
+    def fake_paper_pipeline(weights, dtype):
+        asked.append(dtype)
+        return load_pipeline("tiny", device="cpu").to(dtype)
+
+    monkeypatch.setattr(components, "paper_pipeline", fake_paper_pipeline)
+    assert load_pipeline("paper", device="cpu").unet.dtype == torch.float32
+    assert load_pipeline("paper", device="cpu", precision="fp16").unet.dtype == torch.float16
+    assert asked == [torch.float32, torch.float16]
+    assert pipeline_dtype() == torch.float32 and pipeline_dtype("fp16") == torch.float16
+    with pytest.raises(ValueError, match="fp32, fp16"):
+        load_pipeline("paper", precision="bf16")

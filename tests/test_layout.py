@@ -14,7 +14,9 @@ from fidelity_lib.layout import (
     write_layouts, write_synthetic_coco,
 )
 from fidelity_lib.layout.extraction import caption_relations
+from fidelity_lib.layout.model import LayoutConfig, component_means
 from fidelity_lib.layout.train import batch_loss
+from fidelity_lib.spacetime import predict_layout
 
 FAST = TrainConfig(epochs=2, batch_size=16, encoder_lr=3e-3, head_lr=3e-3, coco_per_epoch=None)
 
@@ -66,11 +68,50 @@ def test_predictions_are_deterministic_and_sampling_needs_a_seed(synthetic):
     _, examples, names = synthetic
     predictor = fresh(examples, names)
     sentence = "A cat to the left of a dog."
+    assert predictor.config.component == "argmax"  # the smoke profile's default
     assert predictor.predict(sentence) == predictor.predict(sentence)
-    assert predictor.predict(sentence, sample=True, seed=3) == predictor.predict(sentence, sample=True, seed=3)
+    assert predictor.predict(sentence, component="sample", seed=3) == predictor.predict(sentence, component="sample", seed=3)
     with pytest.raises(ValueError, match="seed"):
-        predictor.predict(sentence, sample=True)
+        predictor.predict(sentence, component="sample")
+    with pytest.raises(ValueError, match="sample, argmax"):
+        predictor.predict(sentence, component="mode")
     assert [p.name for p in predictor.predict(sentence)] == ["cat", "dog"]
+
+
+def test_the_paper_profile_draws_the_component_from_pi_and_argmax_is_its_switch():
+    """inference_coco.py draws each object's component with multinomial(pi) (bbox_head.py L154): the paper default."""
+    assert LayoutConfig(profile="paper").component == "sample"
+    assert LayoutConfig(profile="paper", component="argmax").component == "argmax"
+    assert LayoutConfig.from_json({"profile": "paper"}).component == "sample"  # a file saved before the switch
+    assert LayoutConfig.from_json({"profile": "smoke"}).component == "argmax"
+    with pytest.raises(ValueError, match="sample, argmax"):
+        LayoutConfig(component="mean")
+    params = {"pi_logits": torch.zeros(200, 2), "mu": torch.tensor([[0.2, 0.2], [0.8, 0.8]]).expand(200, 2, 2)}
+    drawn = component_means(params, sample=True, generator=torch.Generator().manual_seed(0))[:, 0]
+    assert 50 < (drawn == 0.2).sum() < 150 and (drawn == 0.2).sum() + (drawn == 0.8).sum() == 200
+    params["pi_logits"] = torch.tensor([[0.0, 1.0]]).expand(200, 2)
+    assert (component_means(params)[:, 0] == 0.8).all()  # argmax: the likeliest component's mean
+
+
+def test_a_sampling_predictor_draws_with_the_seed_it_is_given(synthetic, tmp_path):
+    _, examples, names = synthetic
+    predictor = LayoutPredictor.tiny([e.sentence for e in examples], names, hidden_size=32, profile="paper")
+    assert predictor.config.component == "sample"
+    sentence = "A cat to the left of a dog."
+    with pytest.raises(ValueError, match="needs a seed"):
+        predictor.predict(sentence)
+    drawn = {tuple((p.x, p.y) for p in predictor.predict(sentence, seed=seed)) for seed in range(20)}
+    assert len(drawn) > 1  # a random tiny model's pi is spread over its components
+    argmax = predictor.predict(sentence, component="argmax")
+    assert argmax == predictor.predict(sentence, component="argmax", seed=5)
+    assert predict_layout(sentence, predictor, seed=7) == predictor.predict(sentence, seed=7)
+    assert LayoutPredictor.load(predictor.save(tmp_path / "saved")).config.component == "sample"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoObjectWarning)
+        first, again, other = (json.loads(write_layouts(predictor, "vsr", "test", tmp_path / name, seed=seed).read_text())
+                               for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    assert (first["component"], first["seed"], other["seed"]) == ("sample", 0, 1)
+    assert first["layouts"] == again["layouts"] != other["layouts"]
 
 
 @pytest.mark.slow  # ~6-10 s with its fixture: kept out of the fast loop

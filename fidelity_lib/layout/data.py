@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from fidelity_lib.datasets import PromptRecord, evaluation_name, load_prompt_set
+from fidelity_lib.layout.convert_gpt3 import GPT3_FIELDS, GPT3_JSONL
 from fidelity_lib.layout.extraction import ObjectMention, build_lexicon, caption_relations, extract_objects, record_mentions
 
 COCO_DOWNLOAD = (
@@ -124,8 +126,35 @@ def gpt_example(record: PromptRecord, lexicon: dict | None = None) -> LayoutExam
 
 
 def gpt_examples(lexicon: dict | None = None) -> list[LayoutExample]:
-    """The 500 GPT prompts as relation-labelled examples (the original trained on 2000 others, gpt-3.pkl, not here)."""
+    """The 500 GPT evaluation prompts (gpt.txt) as relation-labelled examples: for evaluation only, never for training."""
     return [gpt_example(record, lexicon) for record in load_prompt_set("gpt")]
+
+
+def gpt3_example(row: dict, lexicon: dict) -> LayoutExample:
+    """A gpt-3.jsonl row: objects at its head-word tokens, relation labels between them (COCODataset.py L312-339)."""
+    starts = [sum(len(token) for token in row["tokens"][:index]) for index in range(len(row["tokens"]))]
+    objects = []
+    for head, phrase in zip(row["head_indices"], row["noun_phrases"]):
+        word = row["tokens"][head].strip()  # tokens carry their trailing space
+        in_phrase = extract_objects(phrase, lexicon)
+        name = in_phrase[-1].name if in_phrase else word.lower()
+        objects.append(ObjectMention(name, phrase, starts[head], starts[head] + len(word), lexicon.get(word.lower(), ())))
+    index = {head: position for position, head in enumerate(row["head_indices"])}
+    relations = tuple((index[subject], index[obj], word) for subject, obj, word in row["relations"])
+    return LayoutExample(row["sentence"], tuple(objects), None, relations, source="gpt-3")
+
+
+def gpt_training_records(lexicon: dict | None = None) -> list[LayoutExample]:
+    """The paper profile's GPT-style training examples: the official 2000 gpt-3.pkl sentences (data/st_attn/gpt-3.jsonl),
+    none of them a sentence of an evaluation set."""
+    if not GPT3_JSONL.is_file():
+        raise FileNotFoundError(f"{GPT3_JSONL} is missing: write it with `python -m fidelity_lib.layout.convert_gpt3 gpt-3.pkl`.")
+    lexicon = lexicon if lexicon is not None else build_lexicon()
+    rows = [json.loads(line) for line in GPT3_JSONL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    malformed = [number for number, row in enumerate(rows, 1) if tuple(row) != GPT3_FIELDS]
+    if malformed:
+        raise ValueError(f"{GPT3_JSONL} lines {malformed[:5]} do not hold exactly the fields {GPT3_FIELDS}.")
+    return [gpt3_example(row, lexicon) for row in rows]
 
 
 def split_examples(examples: list, val_fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:

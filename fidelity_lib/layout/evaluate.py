@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fidelity_lib.datasets import load_prompt_set
@@ -18,47 +19,68 @@ from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
 LAYOUTS_DIR = Path(__file__).resolve().parents[2] / "reports" / "layouts"  # the book's chapter 1 writes them
 
 
+def sentence_bootstrap(per_sentence: list[list[bool]], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """A percentile CI of the pooled agreement, resampling sentences (as metrics.summary.bootstrap_ratio resamples prompts)."""
+    kept = [values for values in per_sentence if values]
+    if not kept:
+        return float("nan"), float("nan")
+    hits, counts = np.array([sum(values) for values in kept], float), np.array([len(values) for values in kept], float)
+    picks = np.random.default_rng(seed).integers(0, len(kept), size=(n_boot, len(kept)))
+    low, high = np.quantile(hits[picks].sum(axis=1) / counts[picks].sum(axis=1), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def evaluate_predictor(predictor: LayoutPredictor, coco_examples: list[LayoutExample], gpt_examples: list[LayoutExample]) -> pd.DataFrame:
-    """Mean centre error on held-out captions and relation agreement on GPT labels, each next to a trivial baseline."""
+    """Mean centre error on held-out captions and relation agreement on GPT labels (95% CI over sentences), each next to
+    a trivial baseline."""
     errors, baseline_errors = [], []
     for example, centres in zip(coco_examples, predictor.predict_examples(coco_examples)):
         for predicted, truth in zip(centres, example.centres):
             if predicted is not None:
                 errors.append(math.dist(predicted, truth))
                 baseline_errors.append(math.dist((0.5, 0.5), truth))
-    agreements = []
+    per_sentence = []
     for example, centres in zip(gpt_examples, predictor.predict_examples(gpt_examples)):
-        for subject, obj, relation in example.relations:
-            if centres[subject] is not None and centres[obj] is not None:
-                agreements.append(relation_holds(centres[subject], centres[obj], relation))
+        per_sentence.append([relation_holds(centres[subject], centres[obj], relation)
+                             for subject, obj, relation in example.relations
+                             if centres[subject] is not None and centres[obj] is not None])
+    agreements = [value for values in per_sentence for value in values]
     mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
+    low, high = sentence_bootstrap(per_sentence)
     return pd.DataFrame(
         [
-            {"metric": "mean centre error (held-out captions)", "value": mean(errors), "baseline": mean(baseline_errors),
-             "baseline_is": "image centre (0.5, 0.5)", "n": len(errors)},
-            {"metric": "relation agreement (held-out GPT labels)", "value": mean(agreements), "baseline": 0.5,
-             "baseline_is": "chance", "n": len(agreements)},
+            {"metric": "mean centre error (held-out captions)", "value": mean(errors), "low": float("nan"),
+             "high": float("nan"), "baseline": mean(baseline_errors), "baseline_is": "image centre (0.5, 0.5)",
+             "n": len(errors)},
+            {"metric": "relation agreement (held-out GPT labels)", "value": mean(agreements), "low": low, "high": high,
+             "baseline": 0.5, "baseline_is": "chance", "n": len(agreements)},
         ]
     )
 
 
-def dataset_layouts(predictor: LayoutPredictor, set_name: str) -> dict[str, list[dict]]:
-    """Prompt -> [{name, phrase, x, y}] for a prompt set (duplicate prompts share one entry), from the set's own objects."""
-    layouts = {}
+def dataset_layouts(predictor: LayoutPredictor, set_name: str, seed: int = 0) -> dict[str, list[dict]]:
+    """Prompt -> [{name, phrase, x, y}] for a prompt set (duplicate prompts share one entry), from the set's own objects.
+
+    With ``config.component == "sample"`` the n-th distinct prompt's components are drawn with seed ``seed + n``.
+    """
+    layouts, seeds = {}, {}
     for record in load_prompt_set(set_name):
         mentions = record_mentions(record)  # dataset prompts name COCO things and stuff
-        placements = predictor.predict_objects(record.prompt, mentions) if mentions else []
+        prompt_seed = seeds.setdefault(record.prompt, seed + len(seeds))
+        placements = predictor.predict_objects(record.prompt, mentions, seed=prompt_seed) if mentions else []
         layouts[record.prompt] = [vars(p) for p in placements]
     return layouts
 
 
-def write_layouts(predictor: LayoutPredictor, set_name: str, weights: str, folder: str | Path = LAYOUTS_DIR) -> Path:
+def write_layouts(predictor: LayoutPredictor, set_name: str, weights: str, folder: str | Path = LAYOUTS_DIR, seed: int = 0) -> Path:
     """Write ``<folder>/<set_name>.json`` (atomic) with the profile and weights, so smoke layouts are never taken for paper ones."""
-    layouts = dataset_layouts(predictor, set_name)
+    layouts = dataset_layouts(predictor, set_name, seed)
     content = {
         "dataset": set_name,
         "profile": predictor.config.profile,
         "weights": weights,
+        "component": predictor.config.component,
+        "seed": seed,
         "coordinates": "centre (x, y) as fractions of width and height, y downward",
         "empty": sum(not objects for objects in layouts.values()),
         "layouts": layouts,

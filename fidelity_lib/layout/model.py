@@ -16,6 +16,7 @@ from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
 from fidelity_lib.detections import RELATION_AXES
 
 PAPER_ENCODER = "roberta-base"
+COMPONENTS = ("sample", "argmax")  # the mixture component an object's centre is the mean of: drawn from pi, or the likeliest
 
 
 @dataclass
@@ -23,10 +24,18 @@ class LayoutConfig:
     encoder: dict = field(default_factory=dict)  # RobertaConfig dict; Model.py L1022: roberta-base, 12 x 768, 12 heads
     components: int = 5  # GMM_head: 5 bivariate Gaussians (bbox_head.py L46-137)
     rho_limit: float = 0.95  # rho = tanh clamped to +-0.95 (bbox_head.py L46-137)
-    max_length: int = 128  # BPE ids padded / truncated to 128 (inference_coco.py L488-505)
+    max_length: int = 128  # padded to 128 (inference_coco.py L488-505 fails past it); cut, as COCODataset.py L338 does
     categories: tuple[str, ...] = ()  # names the extractor looks for; empty = COCO things + stuff (category_dict.pkl)
     profile: str = "smoke"
     weights: str = "random"  # where the encoder started: "roberta-base" or "random"
+    # None: the profile's, "sample" in paper (bbox_head.py L154 draws it with multinomial(pi)), "argmax" otherwise
+    component: str | None = None
+
+    def __post_init__(self):
+        """Resolve the profile's component rule (also for files saved before it existed) and reject unknown ones."""
+        if self.component is None:
+            self.component = "sample" if self.profile == "paper" else "argmax"
+        check_component(self.component)
 
     def to_json(self) -> dict:
         return {**asdict(self), "categories": list(self.categories)}
@@ -34,6 +43,13 @@ class LayoutConfig:
     @classmethod
     def from_json(cls, data: dict) -> "LayoutConfig":
         return cls(**{**data, "categories": tuple(data.get("categories", ()))})
+
+
+def check_component(component: str) -> str:
+    """``component`` if it is one of COMPONENTS, else a ValueError naming them."""
+    if component not in COMPONENTS:
+        raise ValueError(f"Unknown layout component {component!r}: choose one of {', '.join(COMPONENTS)}.")
+    return component
 
 
 class RobertaMissingError(FileNotFoundError):

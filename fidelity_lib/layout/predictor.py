@@ -1,4 +1,4 @@
-"""LayoutPredictor: sentence -> one centre per object, deterministic by default; save/load as safetensors + JSON."""
+"""LayoutPredictor: sentence -> one centre per object (a seeded draw in the paper profile); save/load as safetensors + JSON."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from transformers import RobertaTokenizerFast
 from fidelity_lib.layout.data import LayoutExample, encode_batch
 from fidelity_lib.layout.extraction import COCO_NAMES, ObjectMention, build_lexicon, extract_objects
 from fidelity_lib.layout.model import (
-    PAPER_ENCODER, LayoutConfig, LayoutModel, component_means, load_roberta_base, tiny_encoder_config, train_bpe_tokenizer,
+    PAPER_ENCODER, LayoutConfig, LayoutModel, check_component, component_means, load_roberta_base, tiny_encoder_config,
+    train_bpe_tokenizer,
 )
 
 CONFIG_FILE, WEIGHTS_FILE = "layout_config.json", "model.safetensors"
@@ -49,18 +50,25 @@ class LayoutPredictor:
         self.lexicon = build_lexicon(self.config.categories or COCO_NAMES)
 
     @classmethod
-    def tiny(cls, texts: list[str], categories: tuple[str, ...] = (), seed: int = 0, profile: str = "smoke", hidden_size: int = 64) -> "LayoutPredictor":
+    def tiny(
+        cls, texts: list[str], categories: tuple[str, ...] = (), seed: int = 0, profile: str = "smoke", hidden_size: int = 64,
+        component: str | None = None,
+    ) -> "LayoutPredictor":
         """A tiny random-weight predictor whose BPE vocabulary is trained on ``texts`` (smoke profile, tests)."""
         tokenizer = train_bpe_tokenizer([*texts, *categories, *COCO_NAMES])
-        config = LayoutConfig(encoder=tiny_encoder_config(len(tokenizer), hidden_size), categories=tuple(categories), profile=profile)
+        config = LayoutConfig(encoder=tiny_encoder_config(len(tokenizer), hidden_size), categories=tuple(categories),
+                              profile=profile, component=component)
         torch.manual_seed(seed)
         return cls(LayoutModel(config), tokenizer)
 
     @classmethod
-    def from_roberta(cls, source: str = PAPER_ENCODER, categories: tuple[str, ...] = (), seed: int = 0) -> "LayoutPredictor":
+    def from_roberta(
+        cls, source: str = PAPER_ENCODER, categories: tuple[str, ...] = (), seed: int = 0, component: str | None = None,
+    ) -> "LayoutPredictor":
         """The paper set-up: encoder and tokenizer from pretrained roberta-base (local files only), fresh heads."""
         encoder, tokenizer = load_roberta_base(source)
-        config = LayoutConfig(encoder=encoder.config.to_dict(), categories=tuple(categories), profile="paper", weights=source)
+        config = LayoutConfig(encoder=encoder.config.to_dict(), categories=tuple(categories), profile="paper", weights=source,
+                              component=component)
         torch.manual_seed(seed)
         return cls(LayoutModel(config, encoder), tokenizer)
 
@@ -68,14 +76,17 @@ class LayoutPredictor:
         """The sentence's objects found by the dependency-free extractor."""
         return extract_objects(sentence, self.lexicon)
 
-    def predict(self, sentence: str, *, sample: bool = False, seed: int | None = None) -> list[ObjectPlacement]:
-        """One placement per object: the mean of the most likely component, or of a drawn one if ``sample`` (needs seed)."""
-        return self.predict_objects(sentence, self.objects(sentence), sample=sample, seed=seed)
+    def predict(self, sentence: str, *, seed: int | None = None, component: str | None = None) -> list[ObjectPlacement]:
+        """One placement per object: the mean of the component ``component`` picks (None: ``config.component``)."""
+        return self.predict_objects(sentence, self.objects(sentence), seed=seed, component=component)
 
-    def predict_objects(self, sentence: str, objects: list[ObjectMention], *, sample: bool = False, seed: int | None = None) -> list[ObjectPlacement]:
-        """Placements for given objects of the sentence (e.g. a dataset's own object list)."""
+    def predict_objects(
+        self, sentence: str, objects: list[ObjectMention], *, seed: int | None = None, component: str | None = None,
+    ) -> list[ObjectPlacement]:
+        """Placements for given objects of the sentence (e.g. a dataset's own object list); "sample" needs a seed."""
+        sample = check_component(component or self.config.component) == "sample"
         if sample and seed is None:
-            raise ValueError("sample=True needs a seed, so that the layout can be reproduced.")
+            raise ValueError('component "sample" draws from pi: it needs a seed, so that the layout can be reproduced.')
         if not objects:
             warnings.warn(f"No known object in {sentence!r}: empty layout.", NoObjectWarning, stacklevel=2)
             return []
@@ -94,7 +105,7 @@ class LayoutPredictor:
         return self.model(batch.input_ids, batch.attention_mask, batch.object_mask), batch.positions
 
     def predict_examples(self, examples: list[LayoutExample], batch_size: int = 64) -> list[list[tuple[float, float] | None]]:
-        """Deterministic centres for every object of every example (None where an object was truncated away)."""
+        """The likeliest component's centre for every object of every example (None where truncated away)."""
         out = []
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
