@@ -4,7 +4,8 @@
     python -m fidelity_lib.book --profile paper --weights W --coco-dir C [--captioner transformers|lavis]
                                 [--scale paper|quick] [--out reports-paper/] [--check] [--rerun]
 
-Executed notebooks go to ``<out>/notebooks/``; the notebooks themselves write tables and figures under ``<out>/``.
+Executed notebooks go to ``<out>/notebooks/`` without run metadata or stderr, rewritten only when their content
+changes (``fidelity_lib.stable``: the smoke book's are committed); the notebooks themselves write tables and figures under ``<out>/``.
 The run stops at the first failing notebook, keeps the failed executed notebook and prints its path.
 
 The paper profile first checks every component its chapters load (``fidelity_lib.preflight``) and stops, having
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from fidelity_lib.stable import stable_notebook, write_if_changed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -125,14 +128,17 @@ def kernel_name() -> str:
 
 
 def run_notebook(notebook: Path, executed_path: Path, parameters: dict) -> NotebookRun:
+    """Execute ``notebook`` with papermill into ``executed_path``, stripped of what says only how and where it ran
+    (``stable.stable_notebook``) and rewritten only when its content changed (``stable.write_if_changed``)."""
     import papermill
 
     executed_path.parent.mkdir(parents=True, exist_ok=True)
+    running_path = executed_path.with_name(f".{executed_path.stem}.running.ipynb")
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
             str(notebook),
-            str(executed_path),
+            str(running_path),
             parameters=parameters,
             kernel_name=kernel_name(),
             language="python",
@@ -140,7 +146,11 @@ def run_notebook(notebook: Path, executed_path: Path, parameters: dict) -> Noteb
             progress_bar=False,
         )
     except Exception as error:  # papermill raises PapermillExecutionError and writes the failed notebook
+        if running_path.is_file():
+            running_path.replace(executed_path)
         raise NotebookFailed(notebook, executed_path, error) from error
+    write_if_changed(executed_path, stable_notebook(running_path.read_bytes()))
+    running_path.unlink()
     return NotebookRun(notebook, executed_path, time.perf_counter() - start)
 
 

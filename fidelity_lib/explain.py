@@ -9,7 +9,7 @@ What a map is, exactly:
   all 77 (or ``model_max_length``) key tokens.
 - ``raw`` maps (what the A&E explanation notebook shows): the mean of the unconditional and conditional rows. The
   unconditional row attends to the empty prompt, so these mix in maps that have nothing to do with the subject.
-``normalised_map`` rescales one token's map to [0, 1] by its maximum, for display only.
+The book draws the maps as the probabilities they are, on one colour scale per figure with its colorbar.
 """
 
 from __future__ import annotations
@@ -76,9 +76,3 @@ def step_attention(
         maps = {name: layer_maps.mean(dim=0)[0] for name, layer_maps in store.maps.items()}  # rows, then the head slot
         results.append(StepMaps(step, maps, dict(store.layers)))
     return results
-
-
-def normalised_map(token_map: torch.Tensor) -> torch.Tensor:
-    """One token's [height, width] map rescaled to [0, 1] by its maximum (display only)."""
-    peak = token_map.max()
-    return token_map / peak if peak > 0 else token_map

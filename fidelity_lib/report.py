@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.stable import same_content, same_text, write_if_changed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_TABLES = REPO_ROOT / "data" / "paper_tables.csv"
@@ -114,21 +115,24 @@ def _provenance_path(path: Path) -> Path:
 
 
 def _unchanged(files: dict[Path, bytes], provenance: Provenance, title: str, summary: str) -> bool:
-    """Whether every file already holds these bytes and its provenance record differs only in date and commit."""
+    """Whether every file already holds this content (``stable.same_content``: tables at their shown precision,
+    images within a few pixel values) and its provenance record differs only in date, commit and the summary's last
+    shown digits."""
     record_path = _provenance_path(next(iter(files)))
-    if not record_path.is_file() or not all(path.is_file() and path.read_bytes() == data for path, data in files.items()):
+    if not record_path.is_file() or not all(same_content(path, data) for path, data in files.items()):
         return False
     try:
         old = json.loads(record_path.read_text())
     except ValueError:
         return False
     new = {"title": title, **asdict(provenance), "summary": summary}
-    return all(old.get(key) == value for key, value in new.items() if key not in RUN_FIELDS)
+    return same_text(str(old.get("summary", "")), summary) and all(
+        old.get(key) == value for key, value in new.items() if key not in (*RUN_FIELDS, "summary"))
 
 
 def _save_artefact(files: dict[Path, bytes], provenance: Provenance, title: str, summary: str = "") -> None:
     """Write the files and the provenance record of the first, unless they hold this content already: a committed
-    output then keeps its bytes, and its record the run that first made it."""
+    output then keeps its bytes, and its record the run that first made it, on this machine or another."""
     if _unchanged(files, provenance, title, summary):
         return
     for path, data in files.items():
@@ -151,11 +155,13 @@ def save_table(
 
 
 def save_figure(figure, name: str, provenance: Provenance, reports_dir: str | Path, title: str = "") -> Path:
-    """Write ``figures/<name>.png`` with the provenance line printed under the plot, and the provenance record."""
+    """Write ``figures/<name>.png`` with the provenance line printed under everything the figure draws (axis labels
+    included, so that nothing overlaps it), and the provenance record."""
     import io
 
     path = Path(reports_dir) / "figures" / f"{name}.png"
-    figure.text(0.01, 0.002, provenance.line(run=False), fontsize=6, ha="left", va="bottom", wrap=True, color="0.35")
+    bottom = figure.get_tightbbox(figure.canvas.get_renderer()).y0 / figure.get_figheight()  # figure fraction
+    figure.text(0.01, bottom - 0.015, provenance.line(run=False), fontsize=6, ha="left", va="top", wrap=True, color="0.35")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     _save_artefact({path: buffer.getvalue()}, provenance, title or name)
@@ -186,40 +192,62 @@ def paper_numbers(dataset: str) -> pd.DataFrame:
     return table[table["dataset"] == dataset]
 
 
-def build_report(reports_dir: str | Path) -> tuple[str, list[str]]:
-    """Markdown for reports/README.md from every table and figure with provenance; also the refused artefacts."""
+# the book's chapters, in order, and the artefact names each writes (the first prefix that matches; the rest: chapter 4)
+CHAPTERS = [
+    ("0. The toy world and its held-out headline", ("toyworld_headline", "toyworld_forest", "toyworld_")),
+    ("1. The layout predictor", ("layout_",)),
+    ("2. Generation", ("02_generate",)),
+    ("3. Attention explained", ("explain_",)),
+    ("4. Evaluation, one set at a time", ("",)),
+    ("5. The papers' tables, in their shape", ("paper_",)),
+]
+LONG_TABLE_SUFFIX = "_ci"  # chapter 4's long tables: the same numbers as the set's wide table, linked rather than shown
+
+
+def chapter_of(name: str) -> tuple[int, int]:
+    """(chapter, rank of the matching prefix) of an artefact named ``name``; paper_* tables belong to chapter 5."""
+    for number, (_, prefixes) in reversed(list(enumerate(CHAPTERS))):
+        for rank, prefix in enumerate(prefixes):
+            if prefix and name.startswith(prefix):
+                return number, rank
+    return 4, 0
+
+
+def build_report(reports_dir: str | Path, headline: str = "") -> tuple[str, list[str]]:
+    """Markdown for reports/README.md: ``headline`` first (the toy findings), then every table and figure with
+    provenance in chapter order, each set's table beside its figure; also the refused artefacts."""
     reports_dir = Path(reports_dir)
     sections = ["# fidelity-book report", "",
                 "Every table and figure below was measured by the book's code; the provenance line says which profile and "
                 "weights made it. Smoke-profile numbers come from random or toy-world weights and are **not** paper results.", ""]
+    sections += ["## The headline", "", headline, ""] if headline else []
     refused = []
-    tables = sorted((reports_dir / "tables").glob("*.csv"))
-    if tables:
-        sections += ["## Tables", ""]
-    for table_path in tables:
+    artefacts = [path for path in (reports_dir / "tables").glob("*.csv") if not path.stem.endswith(LONG_TABLE_SUFFIX)]
+    artefacts += list((reports_dir / "figures").glob("*.png"))
+    artefacts.sort(key=lambda path: (*chapter_of(path.stem), path.stem.removesuffix("_metrics"), path.suffix != ".csv"))
+    chapter = None
+    for path in artefacts:
         try:
-            record = read_provenance(table_path)
+            record = read_provenance(path)
         except MissingProvenanceError as error:
             refused.append(str(error))
             continue
-        table = pd.read_csv(table_path, keep_default_na=False, na_values=[""])  # a written "n/a" stays "n/a"
+        if chapter_of(path.stem)[0] != chapter:
+            chapter = chapter_of(path.stem)[0]
+            sections += [f"## {CHAPTERS[chapter][0]}", ""]
+        if path.suffix == ".png":
+            sections += [f"### {record['title']}", "", f"![{record['title']}](figures/{path.name})", "", record["line"], ""]
+            continue
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a written "n/a" stays "n/a"
         sections += [f"### {record['title']}", "", table.to_markdown(index=False, floatfmt=".4f"), ""]
         sections += [record["summary"], ""] if record.get("summary") else []
+        long_table = path.with_name(f"{path.stem}{LONG_TABLE_SUFFIX}.csv")
+        sections += [f"Values, CIs and counts: [tables/{long_table.name}](tables/{long_table.name}).", ""] if long_table.is_file() else []
         sections += [record["line"], ""]
-        published = paper_numbers(table_path.stem)
+        published = paper_numbers(path.stem)
         sections += ["Published numbers: " + ("not transcribed." if published.empty else ""), ""]
         if not published.empty:
             sections += [published.to_markdown(index=False), ""]
-    figures = sorted((reports_dir / "figures").glob("*.png"))
-    if figures:
-        sections += ["## Figures", ""]
-    for figure_path in figures:
-        try:
-            record = read_provenance(figure_path)
-        except MissingProvenanceError as error:
-            refused.append(str(error))
-            continue
-        sections += [f"### {record['title']}", "", f"![{record['title']}](figures/{figure_path.name})", "", record["line"], ""]
     if refused:
         sections += ["## Not shown (no provenance)", "", *[f"- {reason}" for reason in refused], ""]
     return "\n".join(sections), refused

@@ -79,7 +79,7 @@ pipe, detector = toy_pipeline(), ToyDetector()
 provenance = Provenance(profile="toy", weights=pipe.weights_id, seeds=f"held-out seeds, first {seeds} per prompt",
                         detector=detector.name, notes=f"Book profile {profile} (resolves to {resolve_profile(profile)}); "
                         "this chapter always runs the toy world: toy-world numbers, not Stable Diffusion results")
-print(provenance.line())
+print(provenance.line(run=False))
 print("trained with:", " ".join(f"--{k.replace('_', '-')} {v}" for k, v in training["arguments"].items()))
 
 # %% [markdown]

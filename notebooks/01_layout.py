@@ -26,8 +26,10 @@
 # As in the official `inference_coco.py`, the paper profile draws each object's mixture component from pi (with
 # `layout_seed`, so a run can be reproduced) and places the object at that component's mean; `layout_component="argmax"`
 # takes the most likely component instead, one layout per sentence, as the smoke profile does. The evaluation below
-# reads the most likely component. Deviations from the original, on purpose: the mixture means pass through a sigmoid
-# (centres stay in [0, 1]); the model runs in eval mode (the original leaves dropout on); object extraction uses the
+# reads the most likely component. The paper profile also predicts with dropout on, as the original does (it never
+# calls `eval()`), with the masks drawn from the same seed (`LayoutConfig.inference_dropout`; smoke: eval mode).
+# Deviations from the original, on purpose: the mixture means pass through a sigmoid (centres stay in [0, 1], which
+# the regions and the layout files rely on; the original's can leave the image); object extraction uses the
 # datasets' own object lists and a dependency-free matcher instead of spaCy. Every difference from the official code
 # is listed in `docs/deviations.md`.
 #
@@ -116,7 +118,7 @@ table
 examples = [e for e in gpt_val if len(e.objects) >= 2][:4]
 layouts = {e.sentence: predictor.predict_objects(e.sentence, list(e.objects), seed=layout_seed + n)
            for n, e in enumerate(examples)}
-figure = draw_layouts(layouts, weights_line)
+figure = draw_layouts(layouts)
 save_figure(figure, f"layout_gpt_{profile}", provenance, reports, "Predicted layouts for held-out GPT sentences")
 plt.show()
 

@@ -86,8 +86,10 @@ print(f"{steps} steps, {image_size or 'default'} px -> {images.resolve()}")
 # Attend-and-Excite (`ae`), spatial-temporal control (`st`: each object in its layout region, from chapter 1's
 # `layouts/<set>.json` in the paper profile; side by side on the toy world) and both in one run (`st+ae`). All start
 # from the same noise: `torch.Generator("cpu").manual_seed(seed)` through the pipeline's own latent preparation.
+# The two cells below that print what was written and how long it took are tagged `run-log`: the committed executed
+# notebook keeps the timings of the run that last changed a result (`fidelity_lib.stable`).
 
-# %%
+# %% tags=["run-log"]
 for part in parts:
     part_steps = chapter_steps(resolved, chapter="02_generate_st" if "st" in part.methods else None, steps=steps)
     records, options = generation_inputs(book_records(list(part.sets), part.limit), resolved, part_steps, image_size, reports / "layouts")
@@ -95,7 +97,7 @@ for part in parts:
         summary = generate(pipe, method, records, part.seeds, images, profile=profile, options=options, progress=False)
         print(f"{', '.join(part.sets)} {method}: {summary.written} written, {summary.skipped} already there, {summary.seconds:.1f} s")
 
-# %%
+# %% tags=["run-log"]
 import pandas as pd
 
 lines = [line for line in read_manifest(images) if line["set"] in ae_sets]
@@ -150,7 +152,7 @@ st_seeds = st_part.seeds
 # One row per (sentence, seed); each object's disc is drawn over the ST images, with the object's phrase.
 
 # %%
-from fidelity_lib.figures import region_grid, weight_curves
+from fidelity_lib.figures import region_grid, weight_heatmaps
 from fidelity_lib.spacetime import SpaceTimeConfig
 
 st_lines = {(line["prompt"], line["seed"]): line for line in read_manifest(images) if line["method"] == "st"}
@@ -163,9 +165,10 @@ save_figure(figure, "02_generate_st_grid", st_provenance, reports, "Plain SD vs 
 
 # %% [markdown]
 # ### The learned weights over the steps
-# The weights after the last update (one curve per object; the start value is 5/N). With the official Adam settings
-# (`Adam([W], lr=0.005)` in the original's `plms.py`, two effective updates) they move by at most about 0.01 from
-# 5/N, as they do in the original.
+# The weights after the last update, one row per object and one column per denoising step, on one colour scale. They
+# start at the initial weight over N objects (5/N in the paper profile; the toy world's development split chose
+# 2.5/N). With the official Adam settings (`Adam([W], lr=0.005)` in the original's `plms.py`, two effective updates)
+# they move by at most about 0.01, as in the original; the toy world's learning rate (0.05) moves them further.
 
 # %%
-save_figure(weight_curves(shown), "02_generate_st_weights", st_provenance, reports, "Spatial-temporal weights over the steps")
+save_figure(weight_heatmaps(shown), "02_generate_st_weights", st_provenance, reports, "Spatial-temporal weights: objects x steps")

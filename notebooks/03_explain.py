@@ -52,7 +52,7 @@ from fidelity_lib.attend_excite import attend_and_excite, attention_layers
 from fidelity_lib.chapters import chapter_steps, explain_inputs, paper_scale
 from fidelity_lib.components import load_pipeline, resolve_profile
 from fidelity_lib.conditioning import default_size
-from fidelity_lib.explain import LatentRecorder, normalised_map, step_attention
+from fidelity_lib.explain import LatentRecorder, step_attention
 from fidelity_lib.figures import attention_strip
 from fidelity_lib.report import Provenance, save_figure
 
@@ -67,7 +67,7 @@ resolution = attention_layers(pipe, height, width, config.attention_res)[0].reso
 strip_steps = list(strip_steps or np.linspace(0, steps, 5).round().astype(int))  # PNDM runs steps + 1 iterations
 scale_note = f"; {paper_scale(scale).describe()}" if resolved == "paper" else ""
 provenance = Provenance(profile=resolved, weights=pipe.weights_id, seeds=str(seed), notes=f'prompt "{prompt}", {steps} steps{scale_note}')
-print(provenance.line())
+print(provenance.line(run=False))
 
 # %%
 runs = {}
@@ -83,7 +83,8 @@ print(f"subject tokens: {dict(zip(subjects, tokens))}; A&E refinement iterations
 # %% [markdown]
 # ## The images and the subject maps over the steps
 # Each row is one subject token under one method; each column one denoising step. Maps are the mean over the layers
-# at A&E's resolution, rescaled to their own maximum for display (the title gives the peak probability).
+# at A&E's resolution, drawn as attention probabilities on one colour scale (the colorbar), so a near-uniform map
+# looks dark; each title gives the map's peak.
 
 # %%
 title = f'"{prompt}": subject attention at {resolution[0]}x{resolution[1]}, SD vs A&E'
@@ -97,14 +98,16 @@ plt.show()
 
 # %%
 last = runs["A&E"][1][-1]
-figure, axes = plt.subplots(len(subjects), len(last.maps), figsize=(1.7 * len(last.maps), 1.9 * len(subjects)), squeeze=False)
+top = max(float(token_maps[..., index].max()) for token_maps in last.maps.values() for index in subjects)  # one scale
+figure, axes = plt.subplots(len(subjects), len(last.maps), figsize=(1.7 * len(last.maps), 1.9 * len(subjects) + 0.6), squeeze=False)
 for row, (index, token) in enumerate(zip(subjects, tokens)):
     for column, (name, token_maps) in enumerate(last.maps.items()):
-        axes[row, column].imshow(normalised_map(token_maps[..., index]), cmap="magma", vmin=0, vmax=1)
+        shown = axes[row, column].imshow(token_maps[..., index], cmap="magma", vmin=0, vmax=top)
         layer = last.layers[name]
         axes[row, column].set_title(f"{layer.place} {layer.resolution[0]}x{layer.resolution[1]}", fontsize=7)
         axes[row, column].set_xticks([]); axes[row, column].set_yticks([])
     axes[row, 0].set_ylabel(f"'{token}' #{index}", fontsize=9)
+figure.colorbar(shown, ax=axes.ravel().tolist(), label="attention probability", orientation="horizontal", shrink=0.5, pad=0.08)
 save_figure(figure, "explain_layers", provenance, reports, f"Subject attention per layer at step {last.step} (A&E)")
 plt.show()
 
@@ -116,14 +119,15 @@ plt.show()
 # %%
 result = runs["A&E"][0]
 curves = pd.DataFrame(
-    [{"step": step, "token": token, "max attention": value}
-     for step, values in zip(result.guided_steps, result.max_attention) for token, value in zip(tokens, values)]
+    [{"step": step, "token": f"'{token}' #{index}", "max attention": value}  # the index keeps two 'circle's apart
+     for step, values in zip(result.guided_steps, result.max_attention) for index, token, value in zip(subjects, tokens, values)]
 )
 figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
 sns.lineplot(data=curves, x="step", y="max attention", hue="token", ax=left)
-left.set_title("max attention per subject")
+left.set(title="max attention per subject", xlabel="guided denoising step", ylabel="max attention (probability)")
 right.plot(result.guided_steps, result.losses, marker=".")
-right.set(xlabel="step", ylabel="loss", title="A&E loss")
+right.set(xlabel="guided denoising step", ylabel="loss (1 - weakest max attention)", title="A&E loss")
+figure.tight_layout()
 save_figure(figure, "explain_curves", provenance, reports, "A&E loss and per-subject max attention over the guided steps")
 plt.show()
 
@@ -137,11 +141,14 @@ _, recorded_maps, recorded_latents = runs["A&E"]
 last_latents = {strip_steps[-1]: recorded_latents[strip_steps[-1]]}
 raw = step_attention(pipe, prompt, last_latents, branches="both")[0].mean_over_layers(resolution)
 conditional = recorded_maps[-1].mean_over_layers(resolution)
-figure, axes = plt.subplots(2, len(subjects), figsize=(2.2 * len(subjects), 4.4), squeeze=False)
+top = max(float(maps[..., index].max()) for maps in (conditional, raw) for index in subjects)  # one colour scale
+figure, axes = plt.subplots(2, len(subjects), figsize=(2.6 * len(subjects) + 1.2, 5.2), squeeze=False)
 for column, (index, token) in enumerate(zip(subjects, tokens)):
     for row, (label, maps) in enumerate((("conditional", conditional), ("raw (uncond + cond)", raw))):
-        axes[row, column].imshow(normalised_map(maps[..., index]), cmap="magma", vmin=0, vmax=1)
-        axes[row, column].set_title(f"'{token}' {label}: {maps[..., index].max():.3f}", fontsize=7)
+        shown = axes[row, column].imshow(maps[..., index], cmap="magma", vmin=0, vmax=top)
+        axes[row, column].set_title(f"'{token}' #{index}, {label}\npeak {maps[..., index].max():.3f}", fontsize=7)
         axes[row, column].set_xticks([]); axes[row, column].set_yticks([])
+figure.tight_layout(rect=(0, 0, 0.85, 1))
+figure.colorbar(shown, ax=axes.ravel().tolist(), label="attention probability (mean over layers)", shrink=0.8)
 save_figure(figure, "explain_raw_vs_conditional", provenance, reports, "Conditional maps vs the original notebook's averaged maps")
 plt.show()

@@ -31,7 +31,9 @@ scale = "paper"  # paper profile: the scale chapters 2 and 4 ran at, named in th
 # ## The papers' tables, in their shape
 # One table per paper table: its sets (or, on the toy world, their toy counterparts) by method, its metrics as
 # columns, each cell the value with its 95% CI. The cells come from the per-set tables chapter 4 measured
-# (`tables/<set>_ci.csv`); the provenance lists every source's.
+# (`tables/<set>_ci.csv`), where every method of a set is measured on the same (prompt, seed) pairs; the provenance
+# lists every source's. A cell behind fewer than 10 prompts shows its value and "too few to compare" instead of a CI,
+# and the sentence under each table compares no such cell.
 
 # %%
 from pathlib import Path
@@ -39,11 +41,13 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
+from fidelity_lib.book import REPORTS_DIR
 from fidelity_lib.chapters import measured_tables, paper_scale
 from fidelity_lib.components import resolve_profile
-from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.findings import findings_table, update_readme
 from fidelity_lib.metrics.summary import PAPER_TABLE_SHAPES, method_verdicts, paper_shaped_table
 from fidelity_lib.report import Provenance, build_report, read_provenance, save_table
+from fidelity_lib.stable import write_if_changed
 
 reports = Path(reports_dir)
 measured = measured_tables(reports / "tables", resolve_profile(profile))  # only this profile's sets
@@ -63,14 +67,19 @@ for shape, (caption, _, metrics) in PAPER_TABLE_SHAPES.items():
 
 # %% [markdown]
 # ## The report
+# `reports/README.md` follows the chapters' order. On the toy world it starts with the findings, the same table as the
+# front page of the repository's README: each paper's claim against what the held-out split measured.
 
 # %%
-markdown, refused = build_report(reports)
+toy_book = resolve_profile(profile) == "toy"
+markdown, refused = build_report(reports, headline=findings_table() if toy_book else "")
 benchmarks = reports / "benchmarks.md"
 if benchmarks.is_file():
     markdown += "\n## Benchmarks\n\nSee [benchmarks.md](benchmarks.md) (each section names its machine and profile).\n"
-atomic_write_bytes(reports / "README.md", markdown.encode())
+write_if_changed(reports / "README.md", markdown.encode())
 print(f"wrote {reports / 'README.md'}: {markdown.count('### ')} artefacts shown, {len(refused)} refused for missing provenance")
+if toy_book and reports.resolve() == REPORTS_DIR:  # the book's own reports: its front page too
+    print(f"README.md findings table {'rewritten' if update_readme() else 'unchanged'} from the toy headline")
 
 # %%
-display(Markdown(markdown.replace("](figures/", f"]({reports.resolve()}/figures/")))
+display(Markdown(markdown.replace("](figures/", "](../figures/")))  # as seen from <reports>/notebooks/, where the book keeps this notebook

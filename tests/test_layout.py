@@ -102,7 +102,7 @@ def test_a_sampling_predictor_draws_with_the_seed_it_is_given(synthetic, tmp_pat
         predictor.predict(sentence)
     drawn = {tuple((p.x, p.y) for p in predictor.predict(sentence, seed=seed)) for seed in range(20)}
     assert len(drawn) > 1  # a random tiny model's pi is spread over its components
-    argmax = predictor.predict(sentence, component="argmax")
+    argmax = predictor.predict(sentence, component="argmax", seed=5)
     assert argmax == predictor.predict(sentence, component="argmax", seed=5)
     assert predict_layout(sentence, predictor, seed=7) == predictor.predict(sentence, seed=7)
     assert LayoutPredictor.load(predictor.save(tmp_path / "saved")).config.component == "sample"
@@ -211,3 +211,20 @@ def test_layout_file_carries_the_profile(synthetic, tmp_path):
     profile, layouts = load_layouts("vsr", tmp_path)
     assert profile == "smoke"
     assert [p.name for p in layouts["The bed is below the cat."]] == ["bed", "cat"]
+
+
+def test_the_paper_profile_predicts_with_dropout_on_and_eval_mode_is_its_switch(synthetic):
+    """inference_coco.py never calls model.eval(): its layouts are drawn with dropout on. The paper default does the
+    same with masks from the prediction's seed; inference_dropout=False (the smoke default) predicts in eval mode."""
+    _, examples, names = synthetic
+    texts, sentence = [e.sentence for e in examples], "A cat to the left of a dog."
+    assert LayoutConfig(profile="paper").inference_dropout and not LayoutConfig(profile="smoke").inference_dropout
+    assert LayoutConfig.from_json({"profile": "paper"}).inference_dropout  # a file saved before the switch
+    official = LayoutPredictor.tiny(texts, names, hidden_size=32, profile="paper", component="argmax")
+    with pytest.raises(ValueError, match="needs a seed"):
+        official.predict(sentence)
+    drawn = {tuple((p.x, p.y) for p in official.predict(sentence, seed=seed)) for seed in range(5)}
+    assert len(drawn) > 1 and official.predict(sentence, seed=3) == official.predict(sentence, seed=3)
+    assert not official.model.training  # left in eval mode for everything else
+    switched = LayoutPredictor.tiny(texts, names, hidden_size=32, profile="paper", component="argmax", inference_dropout=False)
+    assert len({tuple((p.x, p.y) for p in switched.predict(sentence, seed=seed)) for seed in range(5)}) == 1

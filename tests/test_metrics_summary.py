@@ -7,8 +7,9 @@ import pytest
 from fidelity_lib.metrics.summary import bootstrap_ratio, metric_table, metrics_for, wide_table
 
 
-def frame(values, prompts, method="sd", error=None):
-    return pd.DataFrame({"method": method, "prompt_index": prompts, "value": values, "error": error})
+def frame(values, prompts, method="sd", error=None, seeds=None):
+    seeds = [0] * len(prompts) if seeds is None else seeds
+    return pd.DataFrame({"method": method, "prompt_index": prompts, "seed": seeds, "value": values, "error": error})
 
 
 def test_flat_mean_with_ci_over_prompts():
@@ -64,6 +65,8 @@ def test_a_paper_shaped_table_takes_toy_counterparts_into_the_paper_rows():
     assert list(ae.columns) == ["paper set", "set", "method", "prompts", "images", "clip_full_text", "blip_text_similarity"]
     assert list(ae["prompts"]) == [20, 20] and list(ae["images"]) == [40, 40]  # the row's largest n over its cells
     assert ae.loc[1, "clip_full_text"] == "0.600 [0.500, 0.700]"
+    few = paper_shaped_table({"toy_ae_object_object": long("toy_ae_object_object", "clip_full_text", {"sd": 0.5}, 9)}, "attend_excite")
+    assert few.loc[0, "clip_full_text"] == "0.500 (9 prompts: too few to compare)"
     st = paper_shaped_table(tables, "spatial_temporal")
     assert list(st["set"]) == ["toy_gpt", "toy_gpt"] and st.loc[1, "relation_accuracy"] == "0.700 [0.600, 0.800]"
     assert paper_shaped_table({}, "spatial_temporal").empty
@@ -75,7 +78,17 @@ def test_method_verdicts_count_cells_above_below_and_overlapping_the_baseline():
     rows = [("s", "sd", "m", 0.5, 0.45, 0.55), ("s", "ae", "m", 0.7, 0.6, 0.8), ("s", "st", "m", 0.3, 0.2, 0.4),
             ("t", "sd", "m", 0.5, 0.4, 0.6), ("t", "ae", "m", 0.55, 0.45, 0.65), ("t", "st", "m", 0.5, 0.4, 0.6),
             ("t", "ae", "other", 0.9, 0.9, 0.9)]
-    long = pd.DataFrame(rows, columns=["dataset", "method", "metric", "value", "low", "high"])
+    long = pd.DataFrame(rows, columns=["dataset", "method", "metric", "value", "low", "high"]).assign(n_prompts=12)
     sentence = method_verdicts(long, ("m",))
     assert "ae: above sd on 1, below on 0, CIs overlapping on 1 of 2" in sentence
     assert "st: above sd on 0, below on 1, CIs overlapping on 1 of 2" in sentence
+    long.loc[long["dataset"] == "t", "n_prompts"] = 9  # under MIN_PROMPTS_TO_COMPARE: set t is not compared
+    assert "ae: above sd on 1, below on 0, CIs overlapping on 0 of 1 (set, metric) cells, 1 cell with under 10 prompts not compared" in method_verdicts(long, ("m",))
+
+
+def test_methods_are_measured_on_the_pairs_every_method_has():
+    sd = frame([0.2, 0.4, 0.9], [0, 1, 2], "sd")
+    ae = frame([0.3, 0.5], [0, 1], "ae")  # prompt 2 was never made with ae: sd is measured without it too
+    table = metric_table({"clip": pd.concat([sd, ae]).rename(columns={"value": "full_text"})}, "mscoco", n_boot=200)
+    assert table["value"].tolist() == pytest.approx([0.3, 0.4]) and table["n_prompts"].tolist() == [2, 2]
+    assert wide_table(table)["clip_full_text"].tolist() == ["0.300 (2 prompts: too few to compare)", "0.400 (2 prompts: too few to compare)"]

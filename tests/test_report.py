@@ -93,3 +93,17 @@ def test_a_rerun_with_the_same_content_leaves_the_artefact_and_its_record_alone(
     assert json.loads((tmp_path / "tables" / "t.provenance.json").read_text())["commit"] == "bbb"
     assert "0.7000" in (tmp_path / "tables" / "t.md").read_text()
     assert json.loads((tmp_path / "figures" / "f.provenance.json").read_text())["commit"] == "aaa"
+
+
+def test_report_follows_the_chapters_with_the_headline_first(tmp_path):
+    for name in ("paper_attend_excite", "toy_gpt", "toy_gpt_ci", "layout_eval", "toyworld_baseline"):
+        save_table(pd.DataFrame({"method": ["sd"], "v": [0.5]}), name, provenance(), tmp_path, name)
+    for name in ("toy_gpt_metrics", "toyworld_forest", "explain_curves"):
+        figure, axis = plt.subplots()
+        save_figure(figure, name, provenance(), tmp_path, name)
+        plt.close(figure)
+    markdown, _ = build_report(tmp_path, headline="| paper | claim |")
+    order = ["## The headline", "### toyworld_forest", "### toyworld_baseline", "### layout_eval", "### explain_curves",
+             "### toy_gpt\n", "### toy_gpt_metrics", "### paper_attend_excite"]
+    assert [markdown.index(heading) for heading in order] == sorted(markdown.index(heading) for heading in order)
+    assert "### toy_gpt_ci" not in markdown and "[tables/toy_gpt_ci.csv](tables/toy_gpt_ci.csv)" in markdown

@@ -11,7 +11,7 @@ import pandas as pd
 
 from fidelity_lib.datasets import load_prompt_set
 from fidelity_lib.detections import relation_holds
-from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.stable import write_if_changed
 from fidelity_lib.layout.data import LayoutExample
 from fidelity_lib.layout.extraction import record_mentions
 from fidelity_lib.layout.predictor import LayoutPredictor, ObjectPlacement
@@ -73,7 +73,7 @@ def dataset_layouts(predictor: LayoutPredictor, set_name: str, seed: int = 0) ->
 
 
 def write_layouts(predictor: LayoutPredictor, set_name: str, weights: str, folder: str | Path = LAYOUTS_DIR, seed: int = 0) -> Path:
-    """Write ``<folder>/<set_name>.json`` (atomic) with the profile and weights, so smoke layouts are never taken for paper ones."""
+    """Write ``<folder>/<set_name>.json`` (atomic; kept when its centres are the same to 1e-4) with the profile and weights, so smoke layouts are never taken for paper ones."""
     layouts = dataset_layouts(predictor, set_name, seed)
     content = {
         "dataset": set_name,
@@ -86,7 +86,7 @@ def write_layouts(predictor: LayoutPredictor, set_name: str, weights: str, folde
         "layouts": layouts,
     }
     path = Path(folder) / f"{set_name}.json"
-    atomic_write_bytes(path, json.dumps(content, indent=1).encode("utf-8"))
+    write_if_changed(path, json.dumps(content, indent=1).encode("utf-8"))
     return path
 
 
@@ -96,8 +96,9 @@ def load_layouts(set_name: str, folder: str | Path = LAYOUTS_DIR) -> tuple[str, 
     return content["profile"], {prompt: [ObjectPlacement(**o) for o in objects] for prompt, objects in content["layouts"].items()}
 
 
-def draw_layouts(layouts: dict[str, list[ObjectPlacement]], note: str, radius: float = 0.2):
-    """One panel per sentence: each object's centre and its radius-0.2 disc (the ST region, attention.py L240-263)."""
+def draw_layouts(layouts: dict[str, list[ObjectPlacement]], radius: float = 0.2):
+    """One panel per sentence: each object's centre and its radius-0.2 disc (the ST region, attention.py L240-263), in
+    image coordinates (y down); which predictor drew them is the saved figure's provenance line."""
     import matplotlib.pyplot as plt
     import textwrap
 
@@ -110,6 +111,6 @@ def draw_layouts(layouts: dict[str, list[ObjectPlacement]], note: str, radius: f
             axis.annotate(placement.phrase, (placement.x, placement.y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         axis.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])
         axis.set_title(textwrap.fill(sentence, 38), fontsize=7)
-    figure.text(0.01, 0.01, note, fontsize=7)
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
+        axis.set(xlabel="x (fraction of width)", ylabel="y (fraction of height, down)")
+    figure.tight_layout()
     return figure

@@ -30,11 +30,17 @@ class LayoutConfig:
     weights: str = "random"  # where the encoder started: "roberta-base" or "random"
     # None: the profile's, "sample" in paper (bbox_head.py L154 draws it with multinomial(pi)), "argmax" otherwise
     component: str | None = None
+    # None: the profile's; paper keeps dropout on when predicting layouts, as inference_coco.py does (it never calls
+    # model.eval()), with the masks drawn from the prediction's seed; smoke predicts in eval mode
+    inference_dropout: bool | None = None
 
     def __post_init__(self):
-        """Resolve the profile's component rule (also for files saved before it existed) and reject unknown ones."""
+        """Resolve the profile's component and dropout rules (also for files saved before they existed) and reject
+        unknown components."""
         if self.component is None:
             self.component = "sample" if self.profile == "paper" else "argmax"
+        if self.inference_dropout is None:
+            self.inference_dropout = self.profile == "paper"
         check_component(self.component)
 
     def to_json(self) -> dict:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize_weights
 from transformers import RobertaTokenizerFast
 
 from fidelity_lib.layout.data import LayoutExample, encode_batch
@@ -17,6 +18,7 @@ from fidelity_lib.layout.model import (
     PAPER_ENCODER, LayoutConfig, LayoutModel, check_component, component_means, load_roberta_base, tiny_encoder_config,
     train_bpe_tokenizer,
 )
+from fidelity_lib.stable import write_if_changed
 
 CONFIG_FILE, WEIGHTS_FILE = "layout_config.json", "model.safetensors"
 
@@ -52,23 +54,24 @@ class LayoutPredictor:
     @classmethod
     def tiny(
         cls, texts: list[str], categories: tuple[str, ...] = (), seed: int = 0, profile: str = "smoke", hidden_size: int = 64,
-        component: str | None = None,
+        component: str | None = None, inference_dropout: bool | None = None,
     ) -> "LayoutPredictor":
         """A tiny random-weight predictor whose BPE vocabulary is trained on ``texts`` (smoke profile, tests)."""
         tokenizer = train_bpe_tokenizer([*texts, *categories, *COCO_NAMES])
         config = LayoutConfig(encoder=tiny_encoder_config(len(tokenizer), hidden_size), categories=tuple(categories),
-                              profile=profile, component=component)
+                              profile=profile, component=component, inference_dropout=inference_dropout)
         torch.manual_seed(seed)
         return cls(LayoutModel(config), tokenizer)
 
     @classmethod
     def from_roberta(
         cls, source: str = PAPER_ENCODER, categories: tuple[str, ...] = (), seed: int = 0, component: str | None = None,
+        inference_dropout: bool | None = None,
     ) -> "LayoutPredictor":
         """The paper set-up: encoder and tokenizer from pretrained roberta-base (local files only), fresh heads."""
         encoder, tokenizer = load_roberta_base(source)
         config = LayoutConfig(encoder=encoder.config.to_dict(), categories=tuple(categories), profile="paper", weights=source,
-                              component=component)
+                              component=component, inference_dropout=inference_dropout)
         torch.manual_seed(seed)
         return cls(LayoutModel(config, encoder), tokenizer)
 
@@ -83,14 +86,18 @@ class LayoutPredictor:
     def predict_objects(
         self, sentence: str, objects: list[ObjectMention], *, seed: int | None = None, component: str | None = None,
     ) -> list[ObjectPlacement]:
-        """Placements for given objects of the sentence (e.g. a dataset's own object list); "sample" needs a seed."""
+        """Placements for given objects of the sentence (e.g. a dataset's own object list); "sample" and inference
+        dropout need a seed (the draw from pi and the dropout masks come from it)."""
         sample = check_component(component or self.config.component) == "sample"
         if sample and seed is None:
             raise ValueError('component "sample" draws from pi: it needs a seed, so that the layout can be reproduced.')
+        if self.config.inference_dropout and seed is None:
+            raise ValueError("inference_dropout keeps dropout on, as the official inference does: it needs a seed for the "
+                             "masks, so that the layout can be reproduced (or build the predictor with inference_dropout=False).")
         if not objects:
             warnings.warn(f"No known object in {sentence!r}: empty layout.", NoObjectWarning, stacklevel=2)
             return []
-        params, positions = self.token_parameters([sentence], [tuple(objects)])
+        params, positions = self.token_parameters([sentence], [tuple(objects)], dropout_seed=seed if self.config.inference_dropout else None)
         generator = torch.Generator().manual_seed(seed) if sample else None
         kept = [(mention, p) for mention, p in zip(objects, positions[0]) if p is not None]
         rows = torch.tensor([p for _, p in kept], dtype=torch.long)
@@ -98,11 +105,19 @@ class LayoutPredictor:
         return [ObjectPlacement(m.name, m.phrase, float(x), float(y)) for (m, _), (x, y) in zip(kept, centres)]
 
     @torch.no_grad()
-    def token_parameters(self, sentences: list[str], objects: list[tuple[ObjectMention, ...]]) -> tuple[dict, list]:
-        """Mixture parameters of every token in eval mode (no dropout), and each object's token index."""
-        self.model.eval()
+    def token_parameters(
+        self, sentences: list[str], objects: list[tuple[ObjectMention, ...]], dropout_seed: int | None = None,
+    ) -> tuple[dict, list]:
+        """Mixture parameters of every token, and each object's token index: in eval mode (no dropout), or with dropout
+        on and its masks drawn from ``dropout_seed`` (the official inference's mode)."""
+        self.model.train(dropout_seed is not None)
         batch = encode_batch(self.tokenizer, sentences, objects, self.config.max_length)
-        return self.model(batch.input_ids, batch.attention_mask, batch.object_mask), batch.positions
+        with torch.random.fork_rng(devices=[]):
+            if dropout_seed is not None:
+                torch.manual_seed(dropout_seed)
+            params = self.model(batch.input_ids, batch.attention_mask, batch.object_mask)
+        self.model.eval()
+        return params, batch.positions
 
     def predict_examples(self, examples: list[LayoutExample], batch_size: int = 64) -> list[list[tuple[float, float] | None]]:
         """The likeliest component's centre for every object of every example (None where truncated away)."""
@@ -119,12 +134,13 @@ class LayoutPredictor:
         return out
 
     def save(self, folder: str | Path) -> Path:
-        """Write model.safetensors, layout_config.json and the tokenizer files into ``folder``."""
+        """Write model.safetensors, layout_config.json and the tokenizer files into ``folder``; weights the same to
+        1e-4 keep the file there (``stable.write_if_changed``)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, folder / WEIGHTS_FILE)
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=1), encoding="utf-8")
+        write_if_changed(folder / WEIGHTS_FILE, serialize_weights(state))
+        write_if_changed(folder / CONFIG_FILE, json.dumps(self.config.to_json(), indent=1).encode("utf-8"))
         self.tokenizer.save_pretrained(folder)
         return folder
 

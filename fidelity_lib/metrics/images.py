@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from fidelity_lib.datasets import SET_NAMES, PromptRecord, find_record, load_prompt_set, prompt_folder_name
-from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.stable import write_if_changed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -182,8 +182,9 @@ class MetricResult:
 
 
 def write_json(data: dict, path: Path) -> Path:
-    """Write ``data`` as the original scripts do (sort_keys, indent 4), atomically (temporary file, then rename)."""
-    atomic_write_bytes(path, json.dumps(data, sort_keys=True, indent=4).encode())
+    """Write ``data`` as the original scripts do (sort_keys, indent 4), atomically, unless ``path`` holds the same
+    numbers already (``stable.write_if_changed``)."""
+    write_if_changed(path, json.dumps(data, sort_keys=True, indent=4).encode())
     return path
 
 

@@ -59,27 +59,44 @@ def bootstrap_ratio(
     return Estimate(float(top.sum() / bottom.sum()), float(low), float(high), len(per_prompt), len(rows))
 
 
+MIN_PROMPTS_TO_COMPARE = 10  # fewer prompts behind a cell: its value is shown, its CI and comparisons are not
+
+
+def paired_images(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the (prompt, seed) pairs that every method in ``frame`` has: methods are compared on the same
+    prompts and the same starting noise, never on different prompt counts."""
+    methods = frame["method"].nunique()
+    keys = frame.groupby(["prompt_index", "seed"])["method"].transform("nunique")
+    return frame[keys == methods]
+
+
 def metric_table(frames: dict[str, pd.DataFrame], dataset: str, n_boot: int = 2000) -> pd.DataFrame:
-    """Long table: one row per (method, metric) with value, 95% CI, counts; ``frames`` maps kind -> metric frame."""
+    """Long table: one row per (method, metric) with value, 95% CI, counts; ``frames`` maps kind -> metric frame.
+    Every method is measured on the (prompt, seed) pairs all of them have (``paired_images``)."""
     rows = []
     for metric in metrics_for(dataset):
         kind, numerator, denominator = METRICS[metric]
         if kind not in frames:
             continue
-        for method, group in frames[kind].groupby("method", sort=False):
+        for method, group in paired_images(frames[kind]).groupby("method", sort=False):
             estimate = bootstrap_ratio(group, numerator, denominator, n_boot)
             rows.append({"dataset": dataset, "method": method, "metric": metric, **estimate.__dict__})
     return pd.DataFrame(rows)
 
 
-def format_cell(value: float, low: float, high: float) -> str:
-    """'0.312 [0.298, 0.327]'."""
-    return "n/a" if np.isnan(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+def format_cell(value: float, low: float, high: float, n_prompts: int | None = None) -> str:
+    """'0.312 [0.298, 0.327]', or '0.312 (4 prompts: too few to compare)' under MIN_PROMPTS_TO_COMPARE prompts."""
+    if np.isnan(value):
+        return "n/a"
+    if n_prompts is not None and n_prompts < MIN_PROMPTS_TO_COMPARE:
+        return f"{value:.3f} ({n_prompts} prompt{'s' * (n_prompts != 1)}: too few to compare)"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def wide_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Method x metric, each cell 'value [low, high]' (the 95% CI), metrics in ``metrics_for`` order."""
-    cells = table.assign(cell=[format_cell(v, l, h) for v, l, h in zip(table["value"], table["low"], table["high"])])
+    """Method x metric, each cell 'value [low, high]' (the 95% CI; too few prompts: no CI), metrics in ``metrics_for``
+    order."""
+    cells = table.assign(cell=[format_cell(*row) for row in zip(table["value"], table["low"], table["high"], table["n_prompts"])])
     wide = cells.pivot(index="method", columns="metric", values="cell")[list(dict.fromkeys(table["metric"]))]
     return wide.reindex(list(dict.fromkeys(table["method"]))).reset_index().rename_axis(columns=None)
 
@@ -129,7 +146,7 @@ def paper_shaped_table(tables: dict[str, pd.DataFrame], shape: str) -> pd.DataFr
         return pd.DataFrame(columns=["paper set", "set", "method", "prompts", "images", *metrics])
     long = pd.concat([tables[name] for name in wanted])
     long = long[long["metric"].isin(metrics)]
-    wide = long.assign(cell=[format_cell(v, l, h) for v, l, h in zip(long["value"], long["low"], long["high"])])
+    wide = long.assign(cell=[format_cell(*row) for row in zip(long["value"], long["low"], long["high"], long["n_prompts"])])
     wide = wide.pivot_table(index=["dataset", "method"], columns="metric", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=[m for m in metrics if m in wide.columns])
     counts = long.groupby(["dataset", "method"], sort=False)[["n_prompts", "n_images"]].max()  # the cells' largest n
@@ -148,14 +165,19 @@ def method_verdicts(long: pd.DataFrame, metrics: tuple[str, ...], baseline: str 
     parts = []
     for method, group in cells[cells["method"] != baseline].groupby("method", sort=False):
         counts = {"higher": 0, "lower": 0, "overlapping": 0}
+        too_few = 0
         for row in group.itertuples():
             if (row.dataset, row.metric) not in reference.index or np.isnan(row.value):
                 continue
             base = reference.loc[(row.dataset, row.metric)]
+            if min(row.n_prompts, base["n_prompts"]) < MIN_PROMPTS_TO_COMPARE:
+                too_few += 1
+                continue
             counts["higher" if row.low > base["high"] else "lower" if row.high < base["low"] else "overlapping"] += 1
         total = sum(counts.values())
         parts.append(f"{method}: above {baseline} on {counts['higher']}, below on {counts['lower']}, CIs overlapping on "
-                     f"{counts['overlapping']} of {total} (set, metric) cells")
+                     f"{counts['overlapping']} of {total} (set, metric) cells"
+                     + (f", {too_few} cell{'s' * (too_few != 1)} with under {MIN_PROMPTS_TO_COMPARE} prompts not compared" if too_few else ""))
     if not parts:
         return f"No method besides {baseline} was measured."
     return "Against the baseline, by 95% CIs over prompts: " + "; ".join(parts) + "."
