@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from fidelity_lib.files import atomic_write_bytes
-from fidelity_lib.stable import same_content, same_text, write_if_changed
+from fidelity_lib.stable import same_content, same_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_TABLES = REPO_ROOT / "data" / "paper_tables.csv"

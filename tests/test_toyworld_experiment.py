@@ -113,3 +113,34 @@ def test_chapters_run_toy_records_with_the_toy_worlds_chosen_settings():
     assert paper_options.st_config is None and paper_options.layouts is None and paper_records == book_records(["gpt"], 1)
     with pytest.raises(ValueError, match="toy-set records only"):
         generation_inputs(book_records(["gpt"], 1), "toy", 25)
+
+
+def test_every_st_job_of_the_headline_has_a_layout_for_each_of_its_prompts():
+    """toy_mscoco's captions name three objects: ST lays them out left to right (stated_layout), as chapter 2 does,
+    instead of stopping the headline run at its first three-object prompt."""
+    from fidelity_lib.toyworld.calibration import headline_plan, stated_layout
+    from fidelity_lib.toyworld.experiment import pairs_for
+
+    st_jobs = [job for job in headline_plan().jobs if job.setting.method in ("st", "st+ae")]
+    assert {job.set_name for job in st_jobs} >= {"toy_mscoco", "toy_gpt", "toy_vsr"}
+    for job in st_jobs:
+        for record, _ in pairs_for(job.set_name, "held_out", job.n_pairs):
+            layout = stated_layout(record.prompt, job.setting.layout_gap)
+            assert len(layout) >= 2 and all(0 <= p.x <= 1 and 0 <= p.y <= 1 for p in layout)
+
+
+def test_the_headline_tables_take_only_jobs_made_whole(tmp_path):
+    """A job stopped part-way (here ST with one pair made) stays out of the tables until all its pairs are made."""
+    from fidelity_lib.toyworld.calibration import CHOSEN_ST, Job, Plan, baseline, st_setting
+    from fidelity_lib.toyworld.experiment import write_tables
+
+    sd, st = baseline(), st_setting(CHOSEN_ST)
+    pairs = pairs_for("toy_gpt", "held_out", 3)  # one round: every held-out prompt once
+    score = {"present": 2, "objects_present": 2, "n_objects": 2, "all_present": True, "all_objects": True,
+             "first_present": True, "second_present": True, "relation_correct": False}
+    rows = [{"set": "toy_gpt", "setting": setting.name, "method": setting.method, "prompt": record.prompt, "seed": seed,
+             "split": "held_out", "weights": "w", "seconds": 0.1} | score
+            for setting, made in ((sd, pairs), (st, pairs[:1])) for record, seed in made]
+    (tmp_path / "headline_rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    rates, paired = write_tables(Plan("held_out", [Job("toy_gpt", sd, 3), Job("toy_gpt", st, 3)]), "headline", tmp_path, "w")
+    assert set(rates["setting"]) == {"sd"} and paired.empty

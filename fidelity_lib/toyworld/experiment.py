@@ -31,10 +31,12 @@ from fidelity_lib.datasets import TOY_SPLIT_SEEDS, PromptRecord, load_prompt_set
 from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
 from fidelity_lib.report import REPO_ROOT, Provenance
 from fidelity_lib.spacetime import spacetime_generate
-from fidelity_lib.toyworld.calibration import Job, Plan, Setting, calibration_plan, headline_plan, subject_indices
+from fidelity_lib.toyworld.calibration import (
+    Job, Plan, Setting, calibration_plan, headline_plan, stated_layout, subject_indices,
+)
 from fidelity_lib.toyworld.detector import ToyDetector
 from fidelity_lib.toyworld.evaluate import (
-    SAMPLING, attention_diagnostics, paired_difference, rate_table, relation_layout, score_image,
+    SAMPLING, attention_diagnostics, paired_difference, rate_table, score_image,
 )
 from fidelity_lib.toyworld.captioner import caption_accuracy, toy_blip
 from fidelity_lib.toyworld.model import toy_clip, toy_pipeline, weights_id
@@ -68,7 +70,7 @@ def make_images(pipe, setting: Setting, items: Sequence[tuple[PromptRecord, int]
     config = replace(setting.st, attend_excite=setting.ae) if setting.ae is not None else setting.st
     return [
         spacetime_generate(
-            pipe, record.prompt, relation_layout(record.prompt, setting.layout_gap), seed=seed, config=config,
+            pipe, record.prompt, stated_layout(record.prompt, setting.layout_gap), seed=seed, config=config,
             clip_model=clip_model, method=setting.method, token_indices=subject_indices(record, setting.excite),
         ).image
         for record, seed in items
@@ -140,13 +142,18 @@ def execute(plan: Plan, name: str, folder: Path, batch_size: int = 32) -> tuple[
 
 
 def write_tables(plan: Plan, name: str, folder: Path, weights: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rate, paired-difference and settings tables of the plan's sets and settings, from what the cache holds."""
+    """The rate, paired-difference and settings tables of the plan's jobs that the cache holds whole: a job still
+    running (or stopped part-way) enters the tables only once every one of its (prompt, seed) pairs is made."""
     cache = folder / f"{name}_{CACHE_NAME}"
-    planned = {(job.set_name, job.setting.name) for job in plan.jobs}
-    rows = pd.DataFrame([
-        r for r in read_json_lines(cache)
-        if r.get("weights") == weights and r["split"] == plan.split and (r["set"], r["setting"]) in planned
-    ])
+    made: dict[tuple[str, str], set] = {}
+    cached = [r for r in read_json_lines(cache) if r.get("weights") == weights and r["split"] == plan.split]
+    for r in cached:
+        made.setdefault((r["set"], r["setting"]), set()).add((r["prompt"], r["seed"]))
+    complete = {
+        (job.set_name, job.setting.name) for job in plan.jobs
+        if {(record.prompt, seed) for record, seed in pairs_for(job.set_name, plan.split, job.n_pairs)} <= made.get((job.set_name, job.setting.name), set())
+    }
+    rows = pd.DataFrame([r for r in cached if (r["set"], r["setting"]) in complete])
     rates, paired = summarise(rows, "sd")
     seeds = TOY_SPLIT_SEEDS[plan.split]
     counts = rows.groupby(["set", "setting"]).size()
