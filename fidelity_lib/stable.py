@@ -119,8 +119,8 @@ def same_weights(old: bytes, new: bytes) -> bool:
 
 def stable_notebook(data: bytes, repo_root: Path = REPO_ROOT) -> bytes:
     """An executed notebook without what says only how and where it ran: papermill and execution metadata, stderr
-    streams (progress bars, warnings), the checkout's absolute path (written as a path relative to it) and the random
-    id papermill gives its parameters cell."""
+    streams (progress bars, warnings), the checkout's absolute path in outputs and in the injected parameters (written
+    as a path relative to it) and the random id papermill gives its parameters cell."""
     import nbformat
 
     notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
@@ -130,6 +130,7 @@ def stable_notebook(data: bytes, repo_root: Path = REPO_ROOT) -> bytes:
     for cell in notebook.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell.id = "injected-parameters"  # papermill gives it a random id on every run
+            cell.source = cell.source.replace(root, "")  # reports_dir and the like, relative to the checkout
         for key in VOLATILE_METADATA:
             cell.metadata.pop(key, None)
         if cell.cell_type != "code":

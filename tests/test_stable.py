@@ -114,9 +114,11 @@ def stream(text: str, name: str = "stdout") -> nbformat.NotebookNode:
 
 def test_stable_notebook_drops_run_metadata_stderr_and_the_checkouts_path():
     raw = executed([[stream("10%|#  | 1/10 [00:01<00:09, 1.1s/it]", "stderr"), stream(f"wrote {REPO_ROOT}/reports/README.md")]])
+    raw.cells.insert(0, nbformat.v4.new_code_cell(f'reports_dir = "{REPO_ROOT}/reports"', metadata={"tags": ["injected-parameters"]}, id="c0ffee00"))
     stable = nbformat.reads(stable_notebook(nbformat.writes(raw).encode()).decode(), as_version=4)
-    assert "papermill" not in stable.metadata and "papermill" not in stable.cells[0].metadata
-    assert [output.text for output in stable.cells[0].outputs] == ["wrote reports/README.md"]
+    assert "papermill" not in stable.metadata and "papermill" not in stable.cells[1].metadata
+    assert [output.text for output in stable.cells[1].outputs] == ["wrote reports/README.md"]
+    assert (stable.cells[0].id, stable.cells[0].source) == ("injected-parameters", 'reports_dir = "reports"')  # any checkout
 
 
 def test_notebooks_compare_outputs_under_the_rules_and_skip_run_logs():
