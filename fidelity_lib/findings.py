@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from fidelity_lib.files import atomic_write_bytes
+from fidelity_lib.report import REPO_ROOT
 from fidelity_lib.toyworld.calibration import CHOSEN_AE, CHOSEN_ST
 from fidelity_lib.toyworld.experiment import RESULTS_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 METRIC_NAMES = {  # presence counts an object by its colour; colour+shape asks for both, and shape errors dominate the toy world
