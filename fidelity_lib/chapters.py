@@ -22,7 +22,7 @@ from fidelity_lib.layout import (
 from fidelity_lib.report import Provenance
 from fidelity_lib.toyworld.calibration import STEPS as TOY_STEPS
 from fidelity_lib.toyworld.calibration import subject_indices, toy_ae_config, toy_ae_excite, toy_generation
-from fidelity_lib.toyworld.experiment import RESULTS_DIR
+from fidelity_lib.toyworld.experiment import METRIC_WORDS, RESULTS_DIR, points_with_ci
 from fidelity_lib.toyworld.model import weights_id
 from fidelity_lib.toyworld.signature import SIGNATURE_SET, headline_rows, lost_object_pairs
 
@@ -246,20 +246,15 @@ def measured_tables(tables_dir: Path, resolved_profile: str) -> dict[str, pd.Dat
             if (path.stem.removesuffix("_ci") in TOY_SETS) == toy}
 
 
-TOY_METRIC_NAMES = {"all_present": "presence (every object's colour)", "all_objects": "colour+shape (every object)",
-                    "relation_correct": "relation"}
-
-
 def toy_headline_comparisons(set_names: Sequence[str], folder: Path = RESULTS_DIR) -> tuple[pd.DataFrame, Provenance]:
     """The held-out headline's paired differences against SD for these toy sets (chapter 0's run: hundreds of
     (prompt, seed) pairs, the exact detector), in points with their 95% bootstrap CI, repairs and breakages."""
     paired = pd.read_csv(folder / "headline_paired.csv")
     paired = paired[paired["set"].isin(set_names)]
     table = pd.DataFrame({
-        "set": paired["set"], "method": paired["method"], "metric": paired["metric"].map(TOY_METRIC_NAMES),
+        "set": paired["set"], "method": paired["method"], "metric": paired["metric"].map(METRIC_WORDS),
         "pairs": paired["n_pairs"],
-        "difference vs sd, points [95% CI]": [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                                              for d, lo, hi in zip(paired["difference"], paired["ci_low"], paired["ci_high"])],
+        "difference vs sd, points [95% CI]": [points_with_ci(row) for row in paired.to_dict("records")],
         "repaired": paired["repairs"], "broken": paired["breakages"],
     }).sort_values(["set", "metric", "method"], kind="stable")
     record = json.loads((folder / "headline_paired.provenance.json").read_text())

@@ -12,13 +12,10 @@ import pandas as pd
 from fidelity_lib.files import atomic_write_bytes
 from fidelity_lib.report import REPO_ROOT
 from fidelity_lib.toyworld.calibration import CHOSEN_AE, CHOSEN_ST
-from fidelity_lib.toyworld.experiment import RESULTS_DIR
+from fidelity_lib.toyworld.experiment import METRIC_WORDS, RESULTS_DIR, points_with_ci
 
 README = REPO_ROOT / "README.md"
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
-METRIC_NAMES = {  # presence counts an object by its colour; colour+shape asks for both, and shape errors dominate the toy world
-    "all_present": "every object present", "relation_correct": "relation right", "all_objects": "every object's colour and shape right",
-}
 # (paper, its claim, [(toy set, setting, method, metric)]): the comparisons each claim is tested on, against plain SD
 CLAIMS = [
     ("Attend-and-Excite", "exciting the most neglected subject token brings back objects SD leaves out",
@@ -33,14 +30,13 @@ CLAIMS = [
 
 
 def measured_cell(paired: pd.DataFrame, set_name: str, setting: str, method: str, metric: str) -> str:
-    """'every object present: +3.4 points [+0.9, +5.9], 648 pairs, 45 repaired / 23 broken' (or 'not measured yet')."""
+    """'ae vs sd on <set>, presence of every object: +3.4 [+0.9, +5.9] points, 648 pairs, 45 repaired / 23 broken'."""
     rows = paired[(paired["set"] == set_name) & (paired["setting"] == setting) & (paired["metric"] == metric)]
-    name = f"{method} vs sd on {set_name}, {METRIC_NAMES[metric]}"
+    name = f"{method} vs sd on {set_name}, {METRIC_WORDS[metric]}"
     if rows.empty:
         return f"{name}: not measured yet (the held-out headline run has not reached it)"
     row = rows.iloc[0]
-    return (f"{name}: {100 * row['difference']:+.1f} points [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}], "
-            f"{row['n_pairs']} pairs, {row['repairs']} repaired / {row['breakages']} broken")
+    return f"{name}: {points_with_ci(row)} points, {row['n_pairs']} pairs, {row['repairs']} repaired / {row['breakages']} broken"
 
 
 def paper_status(tables_dir: Path) -> str:

@@ -130,9 +130,9 @@ def _unchanged(files: dict[Path, bytes], provenance: Provenance, title: str, sum
         old.get(key) == value for key, value in new.items() if key not in (*RUN_FIELDS, "summary"))
 
 
-def _save_artefact(files: dict[Path, bytes], provenance: Provenance, title: str, summary: str = "") -> None:
-    """Write the files and the provenance record of the first, unless they hold this content already: a committed
-    output then keeps its bytes, and its record the run that first made it, on this machine or another."""
+def save_with_provenance(files: dict[Path, bytes], provenance: Provenance, title: str, summary: str = "") -> None:
+    """Write the files and the provenance record of the first (``<stem>.provenance.json``), unless they hold this
+    content already: a committed output then keeps its bytes, and its record the run that first made it."""
     if _unchanged(files, provenance, title, summary):
         return
     for path, data in files.items():
@@ -150,7 +150,7 @@ def save_table(
     markdown = (f"### {title}\n\n" if title else "") + table.to_markdown(index=False, floatfmt=".4f") + "\n\n"
     markdown += (f"{summary}\n\n" if summary else "") + f"{provenance.line(run=False)}\n"
     files = {csv_path: table.to_csv(index=False).encode(), csv_path.with_suffix(".md"): markdown.encode()}
-    _save_artefact(files, provenance, title or name, summary)
+    save_with_provenance(files, provenance, title or name, summary)
     return csv_path
 
 
@@ -164,7 +164,7 @@ def save_figure(figure, name: str, provenance: Provenance, reports_dir: str | Pa
     figure.text(0.01, bottom - 0.015, provenance.line(run=False), fontsize=6, ha="left", va="top", wrap=True, color="0.35")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _save_artefact({path: buffer.getvalue()}, provenance, title or name)
+    save_with_provenance({path: buffer.getvalue()}, provenance, title or name)
     return path
 
 
@@ -224,7 +224,8 @@ def build_report(reports_dir: str | Path, headline: str = "") -> tuple[str, list
     refused = []
     artefacts = [path for path in (reports_dir / "tables").glob("*.csv") if not path.stem.endswith(LONG_TABLE_SUFFIX)]
     artefacts += list((reports_dir / "figures").glob("*.png"))
-    artefacts.sort(key=lambda path: (*chapter_of(path.stem), path.stem.removesuffix("_metrics"), path.suffix != ".csv"))
+    placed = {path: chapter_of(path.stem) for path in artefacts}
+    artefacts.sort(key=lambda path: (*placed[path], path.stem.removesuffix("_metrics"), path.suffix != ".csv"))
     chapter = None
     for path in artefacts:
         try:
@@ -232,8 +233,8 @@ def build_report(reports_dir: str | Path, headline: str = "") -> tuple[str, list
         except MissingProvenanceError as error:
             refused.append(str(error))
             continue
-        if chapter_of(path.stem)[0] != chapter:
-            chapter = chapter_of(path.stem)[0]
+        if placed[path][0] != chapter:
+            chapter = placed[path][0]
             sections += [f"## {CHAPTERS[chapter][0]}", ""]
         if path.suffix == ".png":
             sections += [f"### {record['title']}", "", f"![{record['title']}](figures/{path.name})", "", record["line"], ""]

@@ -20,7 +20,7 @@ def test_a_cell_states_the_difference_its_ci_n_repairs_and_breakages_or_that_it_
     paired = pd.DataFrame([{"set": "toy_ae_object_object", "setting": CHOSEN_AE, "metric": "all_present", "difference": 0.034,
                             "ci_low": 0.009, "ci_high": 0.0586, "n_pairs": 648, "repairs": 45, "breakages": 23}])
     cell = measured_cell(paired, "toy_ae_object_object", CHOSEN_AE, "ae", "all_present")
-    assert cell == "ae vs sd on toy_ae_object_object, every object present: +3.4 points [+0.9, +5.9], 648 pairs, 45 repaired / 23 broken"
+    assert cell == "ae vs sd on toy_ae_object_object, presence of every object: +3.4 [+0.9, +5.9] points, 648 pairs, 45 repaired / 23 broken"
     assert "not measured yet" in measured_cell(paired, "toy_gpt", CHOSEN_AE, "ae", "all_present")
 
 
@@ -49,6 +49,6 @@ def test_chapter_4_takes_the_headlines_paired_differences_for_its_sets(tmp_path)
     record = {"profile": "toy", "weights": "toyworld@x", "date": "d", "commit": "c"}
     (tmp_path / "headline_paired.provenance.json").write_text(json.dumps(record))
     table, provenance = toy_headline_comparisons(["toy_gpt"], tmp_path)
-    assert table.to_dict("records") == [{"set": "toy_gpt", "method": "st", "metric": "relation", "pairs": 600,
+    assert table.to_dict("records") == [{"set": "toy_gpt", "method": "st", "metric": "relation accuracy", "pairs": 600,
                                          "difference vs sd, points [95% CI]": "+33.3 [+29.0, +37.7]", "repaired": 226, "broken": 26}]
     assert provenance == Provenance(profile="toy", weights="toyworld@x", date="d", commit="c")

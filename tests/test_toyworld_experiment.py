@@ -129,6 +129,16 @@ def test_every_st_job_of_the_headline_has_a_layout_for_each_of_its_prompts():
             assert len(layout) >= 2 and all(0 <= p.x <= 1 and 0 <= p.y <= 1 for p in layout)
 
 
+def write_cached_rows(path, made, weights: str) -> None:
+    """Headline cache lines for toy_gpt: every listed (setting, pairs) scored with both objects present, relation wrong."""
+    score = {"present": 2, "objects_present": 2, "n_objects": 2, "all_present": True, "all_objects": True,
+             "first_present": True, "second_present": True, "relation_correct": False}
+    rows = [{"set": "toy_gpt", "setting": setting.name, "method": setting.method, "prompt": record.prompt, "seed": seed,
+             "split": "held_out", "weights": weights, "seconds": 0.1} | score
+            for setting, pairs in made for record, seed in pairs]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def test_the_headline_tables_take_only_jobs_made_whole(tmp_path):
     """A job stopped part-way (here ST with one pair made) stays out of the tables until all its pairs are made."""
     from fidelity_lib.toyworld.calibration import CHOSEN_ST, Job, Plan, baseline, st_setting
@@ -136,11 +146,30 @@ def test_the_headline_tables_take_only_jobs_made_whole(tmp_path):
 
     sd, st = baseline(), st_setting(CHOSEN_ST)
     pairs = pairs_for("toy_gpt", "held_out", 3)  # one round: every held-out prompt once
-    score = {"present": 2, "objects_present": 2, "n_objects": 2, "all_present": True, "all_objects": True,
-             "first_present": True, "second_present": True, "relation_correct": False}
-    rows = [{"set": "toy_gpt", "setting": setting.name, "method": setting.method, "prompt": record.prompt, "seed": seed,
-             "split": "held_out", "weights": "w", "seconds": 0.1} | score
-            for setting, made in ((sd, pairs), (st, pairs[:1])) for record, seed in made]
-    (tmp_path / "headline_rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_cached_rows(tmp_path / "headline_rows.jsonl", ((sd, pairs), (st, pairs[:1])), "w")
     rates, paired = write_tables(Plan("held_out", [Job("toy_gpt", sd, 3), Job("toy_gpt", st, 3)]), "headline", tmp_path, "w")
     assert set(rates["setting"]) == {"sd"} and paired.empty
+
+
+def test_a_run_filtered_to_some_jobs_still_writes_the_tables_of_every_job_made_whole(tmp_path):
+    """`--sets`/`--methods` choose which images to make; the tables keep the baseline and every other finished job."""
+    from fidelity_lib.toyworld.calibration import CHOSEN_ST, baseline, st_setting
+    from fidelity_lib.toyworld.experiment import main, read_results
+    from fidelity_lib.toyworld.model import weights_id
+
+    pairs = pairs_for("toy_gpt", "held_out", 3)
+    write_cached_rows(tmp_path / "headline_rows.jsonl", ((baseline(), pairs), (st_setting(CHOSEN_ST), pairs)), weights_id())
+    main(["headline", "--pairs", "3", "--sets", "toy_gpt", "--methods", "st", "--tables-only", "--out", str(tmp_path)])
+    rates, _ = read_results("headline_rates", tmp_path)
+    paired, _ = read_results("headline_paired", tmp_path)
+    assert set(rates["method"]) == {"sd", "st"}
+    assert set(paired["method"]) == {"st"} and (paired["n_pairs"] == len(pairs)).all()
+
+
+def test_every_committed_calibration_row_is_a_job_of_the_calibration_plan():
+    """`calibrate --tables-only` rewrites calibrate_*.csv from the plan: a candidate missing from it would drop out."""
+    from fidelity_lib.toyworld.experiment import read_results
+
+    paired, _ = read_results("calibrate_paired")
+    planned = {(job.set_name, job.setting.name) for job in calibration_plan().jobs}
+    assert set(zip(paired["set"], paired["setting"])) <= planned

@@ -128,6 +128,8 @@ ST_CANDIDATES = {
 }
 V4_AE = [name for name in AE_CANDIDATES if name.startswith("ae-dose-")]
 V4_ST = [name for name in ST_CANDIDATES if name.startswith("st-dose-") or name == "st-convex-lr0.05"]
+V3_AE = [name for name in AE_CANDIDATES if name not in V4_AE]
+V3_ST = [name for name in ST_CANDIDATES if name not in V4_ST]
 # Chosen by best_candidate (the v4 rule below) on the dev split's dose-response sweep; tests/test_toyworld_experiment.py
 # checks it against calibrate_paired.csv. A&E: step size 2 (a tenth of the paper's) over the first 12 of 25 steps with
 # refinement at the rescaled thresholds: presence +4.6 points [+0.9, +8.3] on 216 dev pairs, 14 repairs and 4
@@ -233,13 +235,15 @@ HEADLINE_PAIRS = {  # held-out (prompt, seed) pairs per set: 600 where each pape
     "toy_ae_shape_shape": 300, "toy_ae_shape_object": 300, "toy_vsr": 300, "toy_mscoco": 300,
 }
 DEV_ST_PAIRS = 240  # the 60 dev prompts x 4 seeds: ST makes one image at a time (~0.8 s one pass, ~4.3 s three)
+V3_DEV_ST_PAIRS = 60  # the v3 ST candidates' dev pairs: one seed per prompt
 
 
 def calibration_plan() -> Plan:
-    """Dev split: the v4 dose-response candidates, A&E on the toy object-object set, then ST on the toy GPT set (one
-    pass first, the cheap coarse sweep, then three passes)."""
-    jobs = [Job("toy_ae_object_object", setting, DEV_AE_PAIRS) for setting in (baseline(), *map(ae_setting, V4_AE))]
+    """Dev split: A&E on the toy object-object set, then ST on the toy GPT set (one pass first, the cheap coarse sweep,
+    then three passes): the v3 candidates, kept in the record, then the v4 dose-response ones."""
+    jobs = [Job("toy_ae_object_object", setting, DEV_AE_PAIRS) for setting in (baseline(), *map(ae_setting, V3_AE + V4_AE))]
     jobs += [Job("toy_gpt", setting, DEV_ST_PAIRS) for setting in (baseline(), *map(st_setting, V4_ST))]
+    jobs += [Job("toy_gpt", st_setting(name), V3_DEV_ST_PAIRS) for name in V3_ST]
     return Plan("dev", jobs)
 
 

@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from fidelity_lib.attend_excite import attend_and_excite_batch
 from fidelity_lib.datasets import TOY_SPLIT_SEEDS, PromptRecord, load_prompt_set, split_records
-from fidelity_lib.files import append_json_lines, atomic_write_bytes, read_json_lines
-from fidelity_lib.report import REPO_ROOT, Provenance
+from fidelity_lib.files import append_json_lines, read_json_lines
+from fidelity_lib.report import REPO_ROOT, Provenance, save_with_provenance
 from fidelity_lib.spacetime import spacetime_generate
 from fidelity_lib.toyworld.calibration import (
     Job, Plan, Setting, calibration_plan, headline_plan, stated_layout, subject_indices,
@@ -121,24 +121,33 @@ def summarise(rows: pd.DataFrame, baseline_setting: str) -> tuple[pd.DataFrame, 
 
 
 def write_results(name: str, table: pd.DataFrame, provenance: Provenance, folder: Path) -> Path:
-    """``folder/<name>.csv`` and its provenance record, atomically."""
+    """``folder/<name>.csv`` and its provenance record, atomically; left as they are when they hold these numbers."""
     path = folder / f"{name}.csv"
-    atomic_write_bytes(path, table.to_csv(index=False).encode())
-    record = asdict(provenance) | {"line": provenance.line()}
-    atomic_write_bytes(path.with_suffix(".provenance.json"), json.dumps(record, indent=2).encode())
+    save_with_provenance({path: table.to_csv(index=False).encode()}, provenance, name)
     return path
 
 
-def execute(plan: Plan, name: str, folder: Path, batch_size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run a plan (resumably) and write ``<name>_rates.csv``, ``<name>_paired.csv`` and ``<name>_settings.csv``."""
+def execute(jobs: list[Job], split: str, name: str, folder: Path, batch_size: int = 32) -> None:
+    """Make and score (resumably) every pair of ``jobs`` that ``folder/<name>_rows.jsonl`` does not hold yet."""
     folder.mkdir(parents=True, exist_ok=True)
     pipe = toy_pipeline()
     clip_model = toy_clip()
     cache = folder / f"{name}_{CACHE_NAME}"
-    for job in plan.jobs:
-        items = pairs_for(job.set_name, plan.split, job.n_pairs)
+    for job in jobs:
+        items = pairs_for(job.set_name, split, job.n_pairs)
         run(pipe, job.set_name, job.setting, items, cache, clip_model, batch_size, pipe.weights_id)
-    return write_tables(plan, name, folder, pipe.weights_id)
+
+
+METHOD_ORDER = ("sd", "ae", "st", "st+ae")
+
+
+def in_plan_order(table: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """The table's rows by set (in the plan's order), method, setting (in the plan's order) and metric, whatever order
+    the cache was filled in, so a rerun that makes the jobs in another order writes the same tables."""
+    setting_rank = {setting: k for k, setting in enumerate(dict.fromkeys(job.setting.name for job in plan.jobs))}
+    key = pd.DataFrame({"set": table["set"].map(plan.sets.index), "method": table["method"].map(METHOD_ORDER.index),
+                        "setting": table["setting"].map(setting_rank), "metric": table["metric"].map(METRICS.index)})
+    return table.loc[key.sort_values(list(key.columns), kind="stable").index].reset_index(drop=True)
 
 
 def write_tables(plan: Plan, name: str, folder: Path, weights: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -154,7 +163,7 @@ def write_tables(plan: Plan, name: str, folder: Path, weights: str) -> tuple[pd.
         if {(record.prompt, seed) for record, seed in pairs_for(job.set_name, plan.split, job.n_pairs)} <= made.get((job.set_name, job.setting.name), set())
     }
     rows = pd.DataFrame([r for r in cached if (r["set"], r["setting"]) in complete])
-    rates, paired = summarise(rows, "sd")
+    rates, paired = (in_plan_order(table, plan) for table in summarise(rows, "sd"))
     seeds = TOY_SPLIT_SEEDS[plan.split]
     counts = rows.groupby(["set", "setting"]).size()
     provenance = Provenance(
@@ -230,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("calibrate", "headline", "attention", "metric-models"))
     parser.add_argument("--pairs", type=int, help="(prompt, seed) pairs per set and setting (default: the plan's)")
-    parser.add_argument("--sets", help="comma-separated toy sets (default: every set the plan names)")
-    parser.add_argument("--methods", help="comma-separated methods to run (sd, ae, st, st+ae; default: all the plan's)")
+    parser.add_argument("--sets", help="comma-separated toy sets to make images for (default: every set the plan names); "
+                        "the tables always take every job of the plan that the cache holds whole")
+    parser.add_argument("--methods", help="comma-separated methods to make images for (sd, ae, st, st+ae; default: all the plan's)")
     parser.add_argument("--tables-only", action="store_true", help="make no image: write the tables from the cache")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -247,17 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     plan = calibration_plan() if args.what == "calibrate" else headline_plan()
     if args.pairs:
         plan.jobs = [Job(job.set_name, job.setting, args.pairs) for job in plan.jobs]
+    jobs = plan.jobs
     if args.sets:
         unknown = set(args.sets.split(",")) - set(plan.sets)
         if unknown:
             parser.error(f"unknown sets {sorted(unknown)}: this plan has {', '.join(plan.sets)}")
-        plan.jobs = [job for job in plan.jobs if job.set_name in args.sets.split(",")]
+        jobs = [job for job in jobs if job.set_name in args.sets.split(",")]
     if args.methods:
-        plan.jobs = [job for job in plan.jobs if job.setting.method in args.methods.split(",")]
-    if args.tables_only:
-        rates, paired = write_tables(plan, args.what, args.out, weights_id())
-    else:
-        rates, paired = execute(plan, args.what, args.out, args.batch_size)
+        methods = sorted({job.setting.method for job in plan.jobs})
+        unknown = set(args.methods.split(",")) - set(methods)
+        if unknown:
+            parser.error(f"unknown methods {sorted(unknown)}: this plan runs {', '.join(methods)}")
+        jobs = [job for job in jobs if job.setting.method in args.methods.split(",")]
+    if not args.tables_only:
+        execute(jobs, plan.split, args.what, args.out, args.batch_size)
+    rates, paired = write_tables(plan, args.what, args.out, weights_id())  # every job of the plan made whole, not only the filtered ones
     print(rates.to_string(index=False))
     print(paired.to_string(index=False))
     return 0
@@ -283,15 +297,19 @@ def read_results(name: str, folder: Path = RESULTS_DIR) -> tuple[pd.DataFrame, d
     return pd.read_csv(path), json.loads(provenance_path.read_text(encoding="utf-8"))
 
 
-METRIC_WORDS = {
+METRIC_WORDS = {  # presence counts an object by its colour (or shape, where no colour is named); colour+shape asks for both
     "all_present": "presence of every object", "all_objects": "colour+shape accuracy", "relation_correct": "relation accuracy",
 }
 
 
+def points_with_ci(row: dict) -> str:
+    """A paired difference and its 95% interval in percentage points: '+3.4 [+0.9, +5.9]'."""
+    return f"{100 * row['difference']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
+
+
 def verdict(row: dict) -> str:
     """One measured sentence for a paired difference: which way it went and whether its 95% interval excludes zero."""
-    points = 100 * row["difference"]
-    interval = f"{points:+.1f} points [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}], n = {row['n_pairs']} pairs"
+    interval = f"{points_with_ci(row)} points, n = {row['n_pairs']} pairs"
     if row["ci_low"] > 0:
         word = "raises"
     elif row["ci_high"] < 0:
