@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from fidelity_lib.attend_excite import attend_and_excite_batch
 from fidelity_lib.datasets import TOY_SPLIT_SEEDS, PromptRecord, load_prompt_set, split_records
 from fidelity_lib.files import append_json_lines, read_json_lines
+from fidelity_lib.generate import METHODS
 from fidelity_lib.report import REPO_ROOT, Provenance, save_with_provenance
 from fidelity_lib.spacetime import spacetime_generate
 from fidelity_lib.toyworld.calibration import (
@@ -138,14 +139,12 @@ def execute(jobs: list[Job], split: str, name: str, folder: Path, batch_size: in
         run(pipe, job.set_name, job.setting, items, cache, clip_model, batch_size, pipe.weights_id)
 
 
-METHOD_ORDER = ("sd", "ae", "st", "st+ae")
-
-
 def in_plan_order(table: pd.DataFrame, plan: Plan) -> pd.DataFrame:
-    """The table's rows by set (in the plan's order), method, setting (in the plan's order) and metric, whatever order
-    the cache was filled in, so a rerun that makes the jobs in another order writes the same tables."""
+    """The table's rows by set (in the plan's order), method (in ``generate.METHODS``' order, as manifests are),
+    setting (in the plan's order) and metric, whatever order the cache was filled in, so a rerun that makes the jobs
+    in another order writes the same tables."""
     setting_rank = {setting: k for k, setting in enumerate(dict.fromkeys(job.setting.name for job in plan.jobs))}
-    key = pd.DataFrame({"set": table["set"].map(plan.sets.index), "method": table["method"].map(METHOD_ORDER.index),
+    key = pd.DataFrame({"set": table["set"].map(plan.sets.index), "method": table["method"].map(list(METHODS).index),
                         "setting": table["setting"].map(setting_rank), "metric": table["metric"].map(METRICS.index)})
     return table.loc[key.sort_values(list(key.columns), kind="stable").index].reset_index(drop=True)
 
